@@ -1,0 +1,384 @@
+"""The configuration tree: defaults <- YAML (with ``BASE`` inheritance) <- ``--opts`` <- flags.
+
+Every key a run can read is declared in ``_defaults()``; anything else in a YAML file or in
+``--opts`` is a typo and raises :class:`~utils.errors.ConfigError` naming the key and where it
+came from (the YAML file, or ``--opts``). Values are type-checked against the default's type
+(an int is accepted for a float key; a string such as ``8e-6``, which YAML 1.1 reads as text,
+is accepted for a number key when it parses as one). ``docs/CONFIG.md`` lists every key.
+
+Public API::
+
+    build_arg_parser(description) -> argparse.ArgumentParser
+    get_config(args) -> CfgNode                   # frozen
+    load_config_file(path) -> CfgNode             # defaults <- YAML only, frozen
+    get_default_config() -> CfgNode               # defaults only, not frozen
+    merge_opts(cfg, opts) -> None                 # KEY VALUE pairs into an unfrozen cfg
+    save_config(cfg, path) -> None                # YAML, atomic
+    resolve_local_rank(args) -> int               # env LOCAL_RANK wins over the flag
+"""
+import argparse
+import difflib
+import math
+import os
+import re
+from pathlib import Path
+
+import yaml
+from yacs.config import CfgNode
+
+from utils.errors import ConfigError
+from utils.io import atomic_write_text
+
+# Keys whose default is None accept None or a string; these strings mean None too.
+_NONE_STRINGS = {"none", "null", "~", ""}
+_INT_RE = re.compile(r"[+-]?\d+", re.ASCII)
+_CHOICES = {
+    ("TRAIN", "AMP"): ("none", "bf16"),
+    ("ADV_TRAIN", "LOSS"): ("mil", "ce"),
+    ("ADV_TRAIN", "SRD_MODE"): ("center", "gradcam"),
+    ("TEST", "NUM_CROP"): (1, 3),
+}
+_POSITIVE_INTS = [
+    ("DATA", "INPUT_SIZE"), ("DATA", "NUM_CLIPS"), ("DATA", "NUM_FRAMES"), ("DATA", "FRAME_INTERVAL"),
+    ("DATA", "NUM_CLASSES"), ("DATA", "NUM_VIEWS"), ("TRAIN", "BATCH_SIZE"), ("TRAIN", "ACCUMULATION_STEPS"),
+    ("TEST", "BATCH_SIZE"), ("TEST", "NUM_CLIP"), ("ATTACK", "BATCH_SIZE"), ("ATTACK", "RESTARTS"),
+    ("SAVE_FREQ",), ("PRINT_FREQ",),
+]
+W_SMOOTH_DEFAULT = 0.01
+W_SPARSE_DEFAULT = 0.001
+
+
+def _defaults():
+    """The whole tree with its defaults (published FrameShield/X-CLIP behaviour)."""
+    return {
+        "DATA": {
+            "ROOT": "", "TRAIN_FILE": "", "VAL_FILE": "", "DATASET": "synthetic",
+            "INPUT_SIZE": 224, "NUM_CLIPS": 16, "NUM_FRAMES": 5, "FRAME_INTERVAL": 6,
+            "NUM_CLASSES": 2, "LABEL_LIST": "configs/labels_2.csv", "FILENAME_TMPL": "img_{:08}.jpg",
+            "NUM_WORKERS": 2, "PIN_MEMORY": True, "PERSISTENT_WORKERS": False, "PREFETCH_FACTOR": 2,
+            "NUM_VIEWS": 2, "COUNT_START_ZERO": False, "REPLACE_BAD_FRAMES": False,
+            "ALLOW_OUTSIDE_ROOT": False,
+        },
+        "MODEL": {
+            "ARCH": "ViT-B/32", "DROP_PATH_RATE": 0.0, "PRETRAINED": None, "RESUME": None,
+            "FIX_TEXT": True, "PROMPTS_ALPHA": 0.1, "PROMPTS_LAYERS": 2, "MIT_LAYERS": 1,
+        },
+        "TRAIN": {
+            "EPOCHS": 40, "WARMUP_EPOCHS": 5, "WEIGHT_DECAY": 0.001, "LR": 8e-6, "BATCH_SIZE": 8,
+            "ACCUMULATION_STEPS": 1, "LR_SCHEDULER": "cosine", "OPTIMIZER": "adamw",
+            "AUTO_RESUME": False, "USE_CHECKPOINT": False, "AMP": "none", "CLIP_GRAD": 0.0,
+            "USE_VIEW2": False, "W_SMOOTH": W_SMOOTH_DEFAULT, "W_SPARSE": W_SPARSE_DEFAULT,
+        },
+        "ADV_TRAIN": {
+            "EPS": 2.0, "LOSS": "mil", "PSEUDO_LABEL": False, "PSEUDO_ANOMALY": False,
+            "PSEUDO_LABEL_FILE": "", "CLEAN_WEIGHT": 0.0, "SRD_PROB": 0.5, "SRD_SEVERITY": "medium",
+            "SRD_MODE": "center", "GRADCAM_DIR": "",
+        },
+        "ATTACK": {
+            "EPS": -1.0, "STEPS": 10, "STEP_SIZE": -1.0, "RANDOM_START": False, "RESTARTS": 1,
+            "BATCH_SIZE": 8,
+        },
+        "AUG": {
+            "COLOR_JITTER": 0.8, "GRAY_SCALE": 0.2, "LABEL_SMOOTH": 0.0, "MIXUP": 0.0, "CUTMIX": 1.0,
+            "MIXUP_SWITCH_PROB": 0.5,
+        },
+        "TEST": {"NUM_CLIP": 1, "NUM_CROP": 1, "ONLY_TEST": False, "BATCH_SIZE": 8, "SMOOTH": True},
+        "OUTPUT": "", "SAVE_FREQ": 1, "PRINT_FREQ": 10, "SEED": 1024,
+        # Runtime only: filled by get_config from env LOCAL_RANK / --local-rank (-1 = not distributed).
+        "LOCAL_RANK": -1,
+    }
+
+
+def get_default_config():
+    """A fresh, unfrozen CfgNode holding only the defaults."""
+    return CfgNode(_defaults())
+
+
+# ---------------------------------------------------------------- value checking
+def _describe(value):
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(value, default, key, source, from_text=False):
+    """Return ``value`` converted to the type of ``default`` or raise ConfigError.
+
+    ``from_text``: the value is a raw command-line string (``--opts``), so numbers and
+    booleans are parsed from it; YAML values arrive already typed.
+    """
+    where = f"{key} (in {source})"
+    if default is None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return None if value.strip().lower() in _NONE_STRINGS else value
+        raise ConfigError(f"{where}: expected a path string or None, got {_describe(value)}")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("true", "yes", "on", "1"):
+                return True
+            if text in ("false", "no", "off", "0"):
+                return False
+        raise ConfigError(f"{where}: expected true/false, got {_describe(value)}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+            return int(value.strip())
+        raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
+    if isinstance(default, float):
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {_describe(value)}")
+        return number
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise ConfigError(
+            f"{where}: expected a string, got {_describe(value)}; quote it in YAML ('...')"
+        )
+    if isinstance(default, (list, tuple)):
+        if from_text and isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{where}: cannot read {value!r} as a list: {exc}") from None
+        if isinstance(value, (list, tuple)):
+            return type(default)(value)
+        raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
+    raise ConfigError(f"{where}: unsupported default type {type(default).__name__}")
+
+
+def _unknown_key(full_key, known, source):
+    last = full_key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(last, list(known), n=1)
+    hint = f"; did you mean {full_key.rsplit('.', 1)[0] + '.' if '.' in full_key else ''}{close[0]}?" if close else ""
+    return ConfigError(
+        f"unknown config key {full_key} in {source}{hint} (every key is listed in docs/CONFIG.md)"
+    )
+
+
+def _merge_mapping(cfg, mapping, source, prefix=""):
+    """Merge a parsed YAML mapping into ``cfg`` (a CfgNode), checking keys and types."""
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config key {prefix}{key!r} in {source} is not a name")
+        full_key = prefix + key
+        if key not in cfg:
+            raise _unknown_key(full_key, cfg.keys(), source)
+        current = cfg[key]
+        if isinstance(current, CfgNode):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{full_key} in {source} is a section; give it a mapping of keys, got {_describe(value)}"
+                )
+            _merge_mapping(current, value, source, full_key + ".")
+        else:
+            cfg[key] = _coerce(value, current, full_key, source)
+
+
+# ---------------------------------------------------------------- YAML files
+def _read_yaml(path, source_chain):
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}{_chain_note(source_chain)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections (DATA:, MODEL:, ...), got {type(data).__name__}"
+        )
+    return data
+
+
+def _chain_note(chain):
+    return f" (included through BASE from {chain[-1]})" if chain else ""
+
+
+def _merge_file(cfg, path, chain=()):
+    """Merge ``path`` and, first, its BASE files (recursive, relative to ``path``)."""
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"BASE inheritance cycle: {cycle}")
+    data = _read_yaml(path, chain)
+    bases = data.pop("BASE", [])
+    if bases is None:
+        bases = []
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"BASE in {path} must be a list of YAML file paths, got {_describe(bases)}")
+    for base in bases:
+        if base.strip() == "":  # X-CLIP's configs carry BASE: [''] meaning "no base"
+            continue
+        _merge_file(cfg, path.parent / base, (*chain, resolved))
+    _merge_mapping(cfg, data, str(path))
+
+
+def merge_opts(cfg, opts, source="--opts"):
+    """Merge ``[KEY, VALUE, KEY, VALUE, ...]`` (dotted keys, raw strings) into unfrozen ``cfg``."""
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ConfigError(
+            f"{source} takes KEY VALUE pairs, got an odd number of items ({len(opts)}): {opts}"
+        )
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{source}: {key!r} is not a config key")
+        node = cfg
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            if part not in node:
+                raise _unknown_key(".".join(parts[: depth + 1]), node.keys(), source)
+            if depth < len(parts) - 1:
+                node = node[part]
+                if not isinstance(node, CfgNode):
+                    raise ConfigError(f"{source}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+        if isinstance(node[parts[-1]], CfgNode):
+            raise ConfigError(f"{source}: {key} is a section; set one of its keys (e.g. {key}.{next(iter(node[parts[-1]]))})")
+        node[parts[-1]] = _coerce(value, node[parts[-1]], key, source, from_text=True)
+
+
+def _validate(cfg):
+    for (section, key), choices in _CHOICES.items():
+        if cfg[section][key] not in choices:
+            raise ConfigError(f"{section}.{key} must be one of {list(choices)}, got {cfg[section][key]!r}")
+    for path in _POSITIVE_INTS:
+        node = cfg
+        for part in path:
+            node = node[part]
+        if node < 1:
+            raise ConfigError(f"{'.'.join(path)} must be at least 1, got {node}")
+    if cfg.DATA.NUM_VIEWS > 2:
+        raise ConfigError(f"DATA.NUM_VIEWS must be 1 or 2, got {cfg.DATA.NUM_VIEWS}")
+
+
+def load_config_file(path):
+    """Defaults <- the YAML at ``path`` (with its BASE files); frozen and validated."""
+    cfg = get_default_config()
+    _merge_file(cfg, path)
+    _validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+# ---------------------------------------------------------------- command line
+class _FlagDefault(float):
+    """A float default that get_config can tell apart from the same value typed by the user."""
+
+
+def build_arg_parser(description="FrameShield"):
+    """The flags every stage script accepts; scripts may add their own before parsing."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("-cfg", "--config", required=True, metavar="FILE", help="YAML config file")
+    parser.add_argument("--opts", nargs="+", default=None, metavar="KEY VALUE",
+                        help="override config keys: --opts TRAIN.LR 1e-5 DATA.NUM_WORKERS 0")
+    parser.add_argument("--output", default=None, help="output folder (sets OUTPUT)")
+    parser.add_argument("--resume", default=None, help="checkpoint to resume from (sets MODEL.RESUME)")
+    parser.add_argument("--pretrained", default=None, help="pretrained weights (sets MODEL.PRETRAINED)")
+    parser.add_argument("--only_test", action="store_true", help="evaluate only (sets TEST.ONLY_TEST)")
+    parser.add_argument("--batch-size", type=int, default=None, help="sets TRAIN.BATCH_SIZE")
+    parser.add_argument("--accumulation-steps", type=int, default=None, help="sets TRAIN.ACCUMULATION_STEPS")
+    parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=-1,
+                        help="local rank (the LOCAL_RANK environment variable, set by torchrun, wins)")
+    parser.add_argument("--w-smooth", type=float, default=_FlagDefault(W_SMOOTH_DEFAULT),
+                        help="smoothness loss weight; sets TRAIN.W_SMOOTH only when given "
+                             f"(default: the config's value, {W_SMOOTH_DEFAULT} unless changed)")
+    parser.add_argument("--w-sparse", type=float, default=_FlagDefault(W_SPARSE_DEFAULT),
+                        help="sparsity loss weight; sets TRAIN.W_SPARSE only when given "
+                             f"(default: the config's value, {W_SPARSE_DEFAULT} unless changed)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow writing into an output folder that holds another run's results")
+    return parser
+
+
+def resolve_local_rank(args=None):
+    """LOCAL_RANK from the environment (torchrun) if set, else ``args.local_rank``, else -1."""
+    env = os.environ.get("LOCAL_RANK")
+    if env is not None and env.strip() != "":
+        if not _INT_RE.fullmatch(env.strip()):
+            raise ConfigError(f"environment variable LOCAL_RANK={env!r} is not an integer")
+        return int(env)
+    value = getattr(args, "local_rank", -1) if args is not None else -1
+    return -1 if value is None else int(value)
+
+
+def _given(value):
+    return value is not None and not isinstance(value, _FlagDefault)
+
+
+def get_config(args):
+    """Defaults <- YAML (``args.config``) <- ``args.opts`` <- flags; frozen and validated.
+
+    ``args`` is the namespace from :func:`build_arg_parser` (missing attributes count as
+    not given, so a ``types.SimpleNamespace(config=...)`` works too).
+    """
+    config_path = getattr(args, "config", None)
+    if not config_path:
+        raise ConfigError("no config file given: pass -cfg/--config FILE.yaml")
+    cfg = get_default_config()
+    _merge_file(cfg, config_path)
+    merge_opts(cfg, getattr(args, "opts", None))
+    flag_values = [
+        ("output", ("OUTPUT",), "--output"),
+        ("pretrained", ("MODEL", "PRETRAINED"), "--pretrained"),
+        ("resume", ("MODEL", "RESUME"), "--resume"),
+        ("batch_size", ("TRAIN", "BATCH_SIZE"), "--batch-size"),
+        ("accumulation_steps", ("TRAIN", "ACCUMULATION_STEPS"), "--accumulation-steps"),
+        ("w_smooth", ("TRAIN", "W_SMOOTH"), "--w-smooth"),
+        ("w_sparse", ("TRAIN", "W_SPARSE"), "--w-sparse"),
+    ]
+    for attr, path, flag in flag_values:
+        value = getattr(args, attr, None)
+        if _given(value):
+            node = cfg
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = _coerce(value, node[path[-1]], ".".join(path), flag)
+    if getattr(args, "only_test", False):
+        cfg.TEST.ONLY_TEST = True
+    cfg.LOCAL_RANK = resolve_local_rank(args)
+    _validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def save_config(cfg, path):
+    """Write ``cfg`` as YAML atomically; :func:`load_config_file` reads it back unchanged."""
+    atomic_write_text(path, config_to_yaml(cfg))
+
+
+def config_to_yaml(cfg):
+    """The YAML text of ``cfg`` (plain types; None written as null)."""
+    return yaml.safe_dump(_to_plain(cfg), sort_keys=False, default_flow_style=False)
+
+
+def _to_plain(node):
+    if isinstance(node, CfgNode):
+        return {key: _to_plain(value) for key, value in node.items()}
+    if isinstance(node, tuple):
+        return [_to_plain(v) for v in node]
+    return node
