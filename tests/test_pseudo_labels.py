@@ -1,0 +1,112 @@
+"""pseudo_labels.json: keyed by video path, atomic, validated against the training list."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from utils.errors import DataError
+from utils.pseudo_labels import VideoPseudoLabels, pseudo_label_path, read_pseudo_labels, write_pseudo_labels
+
+
+def record(path, num_frames, label):
+    return SimpleNamespace(path=path, num_frames=num_frames, label=label, is_anomalous=label > 0)
+
+
+RECORDS = [record("train/normal_0", 40, 0), record("train/abnormal_0", 50, 1), record("train/abnormal_1", 30, 2)]
+
+
+def sample_labels():
+    seg = lambda starts: np.array([[s + 2 * t for t in range(3)] for s in starts])  # noqa: E731  [S, T=3]
+    return {
+        "train/abnormal_0": VideoPseudoLabels(50, seg([0, 10, 20, 30, 40]), np.array([0, 1, 1, 0, 0])),
+        "train/abnormal_1": VideoPseudoLabels(30, seg([0, 15]), np.array([1, 0])),
+        "train/normal_0": VideoPseudoLabels(40, seg([0, 20]), np.array([0, 0])),
+    }
+
+
+def test_round_trip_keyed_by_path(tmp_path):
+    path = tmp_path / "pseudo_labels.json"
+    write_pseudo_labels(path, sample_labels())
+    raw = json.loads(path.read_text())
+    assert set(raw) == {"train/abnormal_0", "train/abnormal_1", "train/normal_0"}
+    assert raw["train/abnormal_0"]["labels"] == [0, 1, 1, 0, 0]
+    assert raw["train/abnormal_0"]["frame_inds"][1] == [10, 12, 14]
+    # the list order does not matter: entries are found by path
+    back = read_pseudo_labels(path, list(reversed(RECORDS)))
+    np.testing.assert_array_equal(back["train/abnormal_1"].labels, [1, 0])
+    np.testing.assert_array_equal(back["train/abnormal_0"].frame_inds, sample_labels()["train/abnormal_0"].frame_inds)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_clip_labels_take_nearest_segment():
+    entry = sample_labels()["train/abnormal_0"]  # segment centres 2, 12, 22, 32, 42
+    same = torch.as_tensor(entry.frame_inds)
+    assert entry.clip_labels(same).tolist() == [0, 1, 1, 0, 0]
+    shifted = torch.tensor([[9, 11, 13], [24, 26, 28], [44, 46, 48], [0, 1, 2]])  # centres 11, 26, 46, 1
+    assert entry.clip_labels(shifted).tolist() == [1, 1, 0, 0]
+    # class ids above 1 count as anomalous
+    multi = VideoPseudoLabels(10, np.array([[0], [5]]), np.array([0, 3]))
+    assert multi.clip_labels(torch.tensor([[6]])).tolist() == [1]
+
+
+def test_missing_file_names_the_fix(tmp_path):
+    with pytest.raises(DataError, match="genlabels"):
+        read_pseudo_labels(tmp_path / "absent.json", RECORDS)
+
+
+def test_file_from_another_list_is_refused(tmp_path):
+    path = tmp_path / "p.json"
+    labels = sample_labels()
+    labels["train/other_video"] = VideoPseudoLabels(10, np.array([[0, 1, 2]]), np.array([1]))
+    write_pseudo_labels(path, labels)
+    with pytest.raises(DataError, match="not in the training list"):
+        read_pseudo_labels(path, RECORDS)
+
+
+def test_missing_anomalous_video_is_refused_but_normal_may_be_absent(tmp_path):
+    path = tmp_path / "p.json"
+    labels = sample_labels()
+    del labels["train/normal_0"]
+    write_pseudo_labels(path, labels)
+    assert set(read_pseudo_labels(path, RECORDS)) == {"train/abnormal_0", "train/abnormal_1"}
+    del labels["train/abnormal_1"]
+    write_pseudo_labels(path, labels)
+    with pytest.raises(DataError, match="lacks 1 anomalous"):
+        read_pseudo_labels(path, RECORDS)
+
+
+def test_frame_count_mismatch_is_refused(tmp_path):
+    path = tmp_path / "p.json"
+    write_pseudo_labels(path, sample_labels())
+    changed = [record("train/normal_0", 40, 0), record("train/abnormal_0", 51, 1), record("train/abnormal_1", 30, 1)]
+    with pytest.raises(DataError, match="51"):
+        read_pseudo_labels(path, changed)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[1, 2]",
+        '{"train/abnormal_0": {"num_frames": 50, "frame_inds": [[0, 1], [2]], "labels": [0, 1]}}',
+        '{"train/abnormal_0": {"num_frames": 50, "frame_inds": [[0, 1]], "labels": [0, 1]}}',
+        '{"train/abnormal_0": {"num_frames": 50, "frame_inds": [], "labels": []}}',
+        '{"train/abnormal_0": {"num_frames": 50, "labels": [1]}}',
+        '{"train/abnormal_0": {"num_frames": 50, "frame_inds": [[0]], "labels": [-1]}}',
+    ],
+)
+def test_malformed_files_raise_data_error(tmp_path, text):
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    records = [record("train/abnormal_0", 50, 1)]
+    with pytest.raises(DataError, match="p.json"):
+        read_pseudo_labels(path, records)
+
+
+def test_default_path_is_in_output():
+    cfg = SimpleNamespace(OUTPUT="out/run", ADV_TRAIN=SimpleNamespace(PSEUDO_LABEL_FILE=""))
+    assert str(pseudo_label_path(cfg)) == "out/run/pseudo_labels.json"
+    cfg.ADV_TRAIN.PSEUDO_LABEL_FILE = "elsewhere/p.json"
+    assert str(pseudo_label_path(cfg)) == "elsewhere/p.json"

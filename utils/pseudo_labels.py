@@ -1,0 +1,128 @@
+"""Clip-level pseudo labels of the training videos: the hand-over from stage 2a to 2b.
+
+``main_advtrain.py --only_test`` scores every training video segment by segment with the
+stage-1 model and writes ``pseudo_labels.json``; adversarial training reads it back and
+gives each sampled training clip the label of the scored segment nearest to it in time.
+
+File format (JSON, written atomically)::
+
+    {"<video path as written in the train list>": {
+        "num_frames": 960,                       # from the list, to catch a stale file
+        "frame_inds": [[0, 6, 12, 18, 24], ...], # [S][T] frames of each scored segment
+        "labels": [0, 0, 1, ...]                 # [S] argmax class per segment (1 = abnormal)
+    }, ...}
+
+Keys are the video paths (not list line numbers), so reordering or filtering the list
+keeps the labels valid; a file from another list or another frame count is refused.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.errors import DataError
+from utils.io import atomic_write_json
+
+REGENERATE_HINT = (
+    "regenerate it with `bash runners/genlabels.sh NUM_GPUs` (main_advtrain.py --only_test "
+    "with the same config and --output), or point ADV_TRAIN.PSEUDO_LABEL_FILE at the right file"
+)
+
+
+@dataclass
+class VideoPseudoLabels:
+    """Scored segments of one video: ``frame_inds`` [S, T] int64, ``labels`` [S] int64."""
+
+    num_frames: int
+    frame_inds: np.ndarray
+    labels: np.ndarray
+
+    def to_json(self) -> dict:
+        return {
+            "num_frames": int(self.num_frames),
+            "frame_inds": self.frame_inds.astype(int).tolist(),
+            "labels": self.labels.astype(int).tolist(),
+        }
+
+    def clip_labels(self, clip_frame_inds) -> torch.Tensor:
+        """Labels [K] (long, 0/1) of training clips with frame indices [K, T].
+
+        Each clip takes the label of the segment whose mean frame index is nearest to the
+        clip's mean frame index (ties go to the earlier segment). When the training
+        clips are the scored segments themselves this is the identity mapping.
+        """
+        clips = torch.as_tensor(clip_frame_inds).reshape(len(clip_frame_inds), -1).double()
+        clip_centers = clips.mean(dim=1)  # [K]
+        seg_centers = torch.as_tensor(self.frame_inds, dtype=torch.float64).mean(dim=1)  # [S]
+        nearest = (clip_centers[:, None] - seg_centers[None, :]).abs().argmin(dim=1)
+        return (torch.as_tensor(self.labels)[nearest] > 0).long()
+
+
+def pseudo_label_path(cfg) -> Path:
+    """ADV_TRAIN.PSEUDO_LABEL_FILE, or OUTPUT/pseudo_labels.json when it is empty."""
+    name = cfg.ADV_TRAIN.PSEUDO_LABEL_FILE
+    return Path(name) if name else Path(cfg.OUTPUT) / "pseudo_labels.json"
+
+
+def write_pseudo_labels(path, labels: dict[str, VideoPseudoLabels]) -> None:
+    """Write ``{video path: VideoPseudoLabels}`` to ``path`` atomically (sorted keys)."""
+    atomic_write_json(path, {key: labels[key].to_json() for key in sorted(labels)}, indent=1)
+
+
+def read_pseudo_labels(path, records) -> dict[str, VideoPseudoLabels]:
+    """Read ``path`` and check it against the training list ``records`` (VideoRecords).
+
+    Every anomalous training video must have an entry with the list's frame count, and
+    every entry must name a video of the list; otherwise DataError says what differs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"pseudo-label file {path} does not exist; {REGENERATE_HINT}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"pseudo-label file {path} is not valid JSON ({err}); {REGENERATE_HINT}") from err
+    if not isinstance(raw, dict):
+        raise DataError(f"pseudo-label file {path}: expected a JSON object keyed by video path; {REGENERATE_HINT}")
+
+    frames_by_path = {rec.path: rec.num_frames for rec in records}
+    unknown = sorted(set(raw) - set(frames_by_path))
+    if unknown:
+        raise DataError(
+            f"pseudo-label file {path} has {len(unknown)} video(s) that are not in the training list "
+            f"(first: {unknown[:3]}); it was made for another list; {REGENERATE_HINT}"
+        )
+    missing = sorted({rec.path for rec in records if rec.is_anomalous} - set(raw))
+    if missing:
+        raise DataError(
+            f"pseudo-label file {path} lacks {len(missing)} anomalous training video(s) "
+            f"(first: {missing[:3]}); {REGENERATE_HINT}"
+        )
+    return {key: _parse_entry(path, key, value, frames_by_path[key]) for key, value in raw.items()}
+
+
+def _parse_entry(path, key, value, list_frames) -> VideoPseudoLabels:
+    where = f"pseudo-label file {path}, video {key!r}"
+    if not isinstance(value, dict) or not {"num_frames", "frame_inds", "labels"} <= set(value):
+        raise DataError(f"{where}: expected an object with num_frames, frame_inds and labels; {REGENERATE_HINT}")
+    if value["num_frames"] != list_frames:
+        raise DataError(
+            f"{where}: written for {value['num_frames']} frames but the training list says {list_frames}; "
+            f"{REGENERATE_HINT}"
+        )
+    try:
+        frame_inds = np.asarray(value["frame_inds"], dtype=np.int64)
+        labels = np.asarray(value["labels"], dtype=np.int64)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: frame_inds/labels are not integer arrays ({err}); {REGENERATE_HINT}") from err
+    if frame_inds.ndim != 2 or frame_inds.shape[1] == 0 or labels.ndim != 1 or len(labels) == 0 \
+            or len(labels) != len(frame_inds):
+        raise DataError(
+            f"{where}: need frame_inds [S][T] and labels [S] with S > 0, got shapes "
+            f"{frame_inds.shape} and {labels.shape}; {REGENERATE_HINT}"
+        )
+    if labels.min() < 0 or frame_inds.min() < 0:
+        raise DataError(f"{where}: negative label or frame index; {REGENERATE_HINT}")
+    return VideoPseudoLabels(int(list_frames), frame_inds, labels)
