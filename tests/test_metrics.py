@@ -93,13 +93,12 @@ def test_evaluate_without_smoothing_and_ap(test_list):
 
 
 def test_start_zero_rule_and_its_option(test_list):
-    # With count_start_zero every "0 <num_frames>" interval counts: normal1 becomes fully
-    # anomalous and short's frames 0..4 too. Positives: normal1 20 x 0.25 + 20 x 0.15,
-    # ano1 16 x 0.3, short 5 x 0.4; negatives: ano1 16 x 0.1, 16 x 0.2, 16 x 0.35, short 5 x 0.4.
+    # count_start_zero (datasets.lists.frame_labels) also counts intervals starting at 0
+    # that do not span the whole video: short's frames 0..4 (score 0.4) become anomalous,
+    # normal1's "0 40" stays normal. 21 positives; 93 negatives overall, 53 in ano1+short.
     auc_all, auc_ano = metrics.evaluate_result(SCORES, test_list, count_start_zero=True)
-    wins = 20 * 32 + 20 * 16 + 16 * 32 + 5 * (48 + 2.5)
-    assert auc_all == pytest.approx(wins / (61 * 53))
-    assert auc_ano == pytest.approx(auc_all)  # every video now has an anomalous frame
+    assert auc_all == pytest.approx((16 * 72 + 5 * (88 + 2.5)) / (21 * 93))
+    assert auc_ano == pytest.approx((16 * 32 + 5 * (48 + 2.5)) / (21 * 53))
 
 
 def test_missing_unused_and_full_path_keys(test_list, caplog):
