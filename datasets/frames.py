@@ -1,0 +1,204 @@
+"""Reading frames of one video from disk: a folder of numbered images or a video file.
+
+Both readers return ``uint8 [N, 3, H, W]`` for a list of frame indices (0-based positions
+in the video as the list file counts them) and raise ``DataError`` naming the video and the
+frame when something is missing or unreadable. With ``replace_bad=True`` an unreadable
+frame is replaced by its nearest readable neighbour instead, and counted in ``replaced``
+(and logged), never by a silent zero tensor.
+
+Which reader is used is decided by what is on disk, not by the name in the list: a TAD
+entry ``frames/abnormal/01_Accident_006.mp4`` may be a folder of frames.
+"""
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+from utils.errors import DataError
+
+LOGGER = logging.getLogger("FrameShield")
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
+JPEG_SUFFIXES = {".jpg", ".jpeg"}
+
+
+def detect_start_index(folder, filename_tmpl, list_start=0):
+    """Return the file number of the video's first frame in ``folder``.
+
+    Frame ``i`` of the video is the file ``filename_tmpl.format(first + i)`` with
+    ``first = origin + list_start``: ``origin`` is 0 when the folder holds file number 0,
+    1 when it starts at file number 1 (folders numbered 1..N), and ``list_start`` is the
+    start column of a 4-column train list (0 otherwise). A folder holding neither file 0
+    nor file 1 (a trimmed excerpt) is taken as numbered from 0.
+    """
+    folder = Path(folder)
+    origin = 0
+    if not (folder / filename_tmpl.format(0)).is_file() and (folder / filename_tmpl.format(1)).is_file():
+        origin = 1
+    first = origin + list_start
+    if (folder / filename_tmpl.format(first)).is_file():
+        return first
+    sample = sorted(p.name for p in folder.iterdir())[:3] if folder.is_dir() else []
+    raise DataError(
+        f"video {folder}: its first frame {filename_tmpl.format(first)} does not exist (folder "
+        f"starts with {sample}); check DATA.FILENAME_TMPL and the list's start column")
+
+
+def _is_video_file(path):
+    return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def open_video(path, num_frames, filename_tmpl="img_{:08}.jpg", list_start=0,
+               replace_bad=False):
+    """Open the video at ``path`` (folder of frames or video file) as a reader.
+
+    ``num_frames`` is the length the list file claims; a video shorter than that on disk
+    raises ``DataError`` here, before any training step uses it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return FrameFolderReader(path, num_frames, filename_tmpl, list_start, replace_bad)
+    if _is_video_file(path):
+        return VideoFileReader(path, num_frames, replace_bad)
+    if path.exists():
+        raise DataError(f"video {path}: neither a folder of frames nor a video file with one of "
+                        f"the suffixes {sorted(VIDEO_SUFFIXES)}")
+    raise DataError(f"video {path}: no such folder or file; check DATA.ROOT and the list file")
+
+
+class _Reader:
+    """Shared part of the readers: index checks and nearest-readable replacement."""
+
+    def __init__(self, path, num_frames, replace_bad):
+        self.path = Path(path)
+        self.num_frames = int(num_frames)
+        self.replace_bad = replace_bad
+        self.replaced = 0  # frames replaced by a neighbour so far (with replace_bad)
+        if self.num_frames <= 0:
+            raise DataError(f"video {self.path}: the list gives {self.num_frames} frames")
+
+    def read(self, indices):
+        """Frames at ``indices`` (ints in [0, num_frames)) as ``uint8 [N, 3, H, W]``."""
+        indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+        for i in indices:
+            if not 0 <= i < self.num_frames:
+                raise DataError(f"video {self.path}: frame index {i} outside [0, {self.num_frames})")
+        unique = sorted(set(indices))
+        frames = self._decode_many(unique)
+        sizes = {tuple(f.shape) for f in frames.values()}
+        if len(sizes) > 1:
+            raise DataError(f"video {self.path}: frames differ in size {sorted(sizes)}; "
+                            "all frames of a video must have the same size")
+        return torch.stack([frames[i] for i in indices])
+
+    def _decode_many(self, indices):
+        """Map index -> ``uint8 [3,H,W]``; errors become DataError or replacements."""
+        try:
+            return self._decode_batch(indices)
+        except DataError:
+            pass  # find which frames fail, one by one
+        out = {}
+        for i in indices:
+            try:
+                out[i] = self._decode_batch([i])[i]
+            except DataError as err:
+                if not self.replace_bad:
+                    raise
+                out[i] = self._nearest_readable(i, err)
+        return out
+
+    def _nearest_readable(self, index, err):
+        for dist in range(1, self.num_frames):
+            for j in (index - dist, index + dist):
+                if 0 <= j < self.num_frames:
+                    try:
+                        frame = self._decode_batch([j])[j]
+                    except DataError:
+                        continue
+                    self.replaced += 1
+                    LOGGER.warning("%s; replaced by frame %d (DATA.REPLACE_BAD_FRAMES)", err, j)
+                    return frame
+        raise DataError(f"video {self.path}: no readable frame at all ({err})")
+
+    def _decode_batch(self, indices):
+        raise NotImplementedError
+
+
+class FrameFolderReader(_Reader):
+    """A folder of numbered images; frame i is ``filename_tmpl.format(first + i)``."""
+
+    def __init__(self, folder, num_frames, filename_tmpl="img_{:08}.jpg", list_start=0,
+                 replace_bad=False):
+        super().__init__(folder, num_frames, replace_bad)
+        self.filename_tmpl = filename_tmpl
+        self.first = detect_start_index(self.path, filename_tmpl, list_start)
+        self.is_jpeg = Path(filename_tmpl.format(0)).suffix.lower() in JPEG_SUFFIXES
+        last = self.frame_path(self.num_frames - 1)
+        if not last.is_file():
+            on_disk = sum(1 for _ in self.path.iterdir())
+            raise DataError(
+                f"video {self.path}: the list gives {self.num_frames} frames but frame "
+                f"{last.name} (frame {self.num_frames - 1}) is missing; the folder holds "
+                f"{on_disk} files. Fix the frame count in the list file")
+
+    def frame_path(self, index):
+        return self.path / self.filename_tmpl.format(self.first + index)
+
+    def _read_bytes(self, index):
+        file = self.frame_path(index)
+        if not file.is_file():
+            raise DataError(f"video {self.path}: frame {index} ({file.name}) is missing")
+        try:
+            data = bytearray(file.read_bytes())
+        except OSError as err:
+            raise DataError(f"video {self.path}: cannot read frame {index} ({file.name}): {err}") from err
+        if not data:
+            raise DataError(f"video {self.path}: frame {index} ({file.name}) is an empty file")
+        return torch.frombuffer(data, dtype=torch.uint8)
+
+    def _decode_batch(self, indices):
+        data = [self._read_bytes(i) for i in indices]
+        try:
+            if self.is_jpeg:
+                images = decode_jpeg(data, mode=ImageReadMode.RGB)
+            else:
+                images = [decode_image(d, mode=ImageReadMode.RGB) for d in data]
+        except RuntimeError as err:
+            names = ", ".join(self.frame_path(i).name for i in indices[:4])
+            which = f"frame {indices[0]} ({names})" if len(indices) == 1 else f"one of frames {names}..."
+            raise DataError(f"video {self.path}: cannot decode {which}: {err}") from err
+        return dict(zip(indices, images))
+
+
+class VideoFileReader(_Reader):
+    """A video file read through decord (frame-accurate seeking, RGB)."""
+
+    def __init__(self, path, num_frames, replace_bad=False):
+        super().__init__(path, num_frames, replace_bad)
+        import decord  # imported here: only lists that name video files need it
+
+        if self.path.stat().st_size == 0:
+            raise DataError(f"video {self.path}: the video file is empty (0 bytes); frame 0 cannot be read")
+        try:
+            self._video = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
+        except (decord.DECORDError, RuntimeError) as err:
+            raise DataError(f"video {self.path}: cannot open the video file ({err})") from err
+        self._decord_error = decord.DECORDError
+        on_disk = len(self._video)
+        if on_disk == 0:
+            raise DataError(f"video {self.path}: the video file holds no frames; frame 0 cannot be read")
+        if on_disk < self.num_frames:
+            raise DataError(
+                f"video {self.path}: the list gives {self.num_frames} frames but the file holds "
+                f"only {on_disk} (frame {on_disk} is the first one missing). Fix the frame count "
+                "in the list file")
+
+    def _decode_batch(self, indices):
+        try:
+            array = self._video.get_batch(list(indices)).asnumpy()
+        except self._decord_error as err:
+            raise DataError(f"video {self.path}: cannot decode frames {list(indices)[:4]}: {err}") from err
+        return {i: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).contiguous()
+                for i, a in zip(indices, array)}
