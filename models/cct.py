@@ -51,7 +51,7 @@ class CrossFrameTransformer(nn.Module):
         super().__init__()
         self.width, self.layers = width, layers
         self.use_checkpoint = use_checkpoint
-        rates = torch.linspace(0, droppath, layers).tolist() if layers else []
+        rates = [droppath * i / max(1, layers - 1) for i in range(layers)]  # linspace(0, d, L)
         self.resblocks = nn.ModuleList(
             CrossFrameAttentionBlock(width, heads, num_frames, rate) for rate in rates)
 

@@ -70,9 +70,8 @@ class XCLIP(nn.Module):
                                                 * torch.randn(vision_width, embed_dim))
         # Identity start: a file without head_video (X-CLIP K400) computes what X-CLIP does.
         self.head_video = nn.Linear(embed_dim, embed_dim)
-        with torch.no_grad():
-            self.head_video.weight.copy_(torch.eye(embed_dim))
-            self.head_video.bias.zero_()
+        nn.init.eye_(self.head_video.weight)
+        nn.init.zeros_(self.head_video.bias)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 1, 3, 1, 1) / 255,
                              persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 1, 3, 1, 1) / 255,
