@@ -201,6 +201,8 @@ def _read_yaml(path, source_chain):
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except (ValueError, OverflowError) as exc:  # e.g. an impossible date such as 2001-13-45
+        raise ConfigError(f"config file {path} holds a value YAML cannot build: {exc}") from None
     except RecursionError:
         raise ConfigError(f"config file {path} is nested too deeply") from None
     if data is None:
