@@ -11,6 +11,7 @@ Supported inputs of ``read_state_dict(path) -> (state_dict, meta)``:
   ``torch.load(weights_only=True)`` first; files embedding a yacs CfgNode (X-CLIP and
   FrameShield training pickles) go through ``models.safe_pickle``.
 """
+import _compat_pickle
 import pickle
 import zipfile
 from pathlib import Path
@@ -159,6 +160,7 @@ class _ScriptUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         from collections import OrderedDict
 
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if module.startswith("__torch__.") or module == "__torch__":
             key = f"{module}.{name}"
             if key not in self.stub_classes:

@@ -8,6 +8,7 @@ are resolved by torch itself), OrderedDict, set, CfgNode, numpy scalars and dtyp
 ``_codecs.encode`` (how protocol 2 stores bytes). Any other global raises
 ``UnsafeCheckpointError`` naming it, before anything is called.
 """
+import _compat_pickle
 import pickle
 from functools import lru_cache
 
@@ -40,7 +41,6 @@ def allowed_globals() -> dict:
             torch._utils._rebuild_parameter_with_state,
         ("collections", "OrderedDict"): OrderedDict,
         ("builtins", "set"): set,
-        ("__builtin__", "set"): set,
         ("yacs.config", "CfgNode"): CfgNode,
         ("numpy", "dtype"): numpy.dtype,
         ("_codecs", "encode"): _codecs.encode,
@@ -55,6 +55,8 @@ class Unpickler(pickle.Unpickler):
     """pickle.Unpickler whose ``find_class`` admits only ``allowed_globals()``."""
 
     def find_class(self, module: str, name: str):
+        # protocol-2 pickles name Python 2 modules ('__builtin__'): use today's names
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
             return allowed_globals()[(module, name)]
         except KeyError:
