@@ -1,5 +1,6 @@
 """Config tree: defaults, BASE inheritance, key/type errors, --opts, flags, LOCAL_RANK, YAML round trip."""
 import types
+from pathlib import Path
 
 import pytest
 
@@ -211,3 +212,15 @@ def test_default_config_is_independent():
     a = get_default_config()
     a.SEED = 5
     assert get_default_config().SEED == 1024
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")))
+def test_shipped_configs_load(path):
+    load_config_file(path)
+
+
+def test_bad_choices_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="SRD_SEVERITY"):
+        load_config_file(write(tmp_path / "a.yaml", "ADV_TRAIN:\n  SRD_SEVERITY: extreme\n"))
+    with pytest.raises(ConfigError, match="NUM_CROP"):
+        load_config_file(write(tmp_path / "b.yaml", "TEST:\n  NUM_CROP: 2\n"))

@@ -1,5 +1,6 @@
 """List files (every format and malformed line), labels CSV, frame-level ground truth, root confinement."""
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def test_missing_empty_and_binary_list_files(tmp_path):
 
 
 def test_label_csv(tmp_path):
-    assert read_label_csv("configs/labels_2.csv") == ["normal", "abnormal"]
+    assert read_label_csv(Path(__file__).parents[1] / "configs" / "labels_2.csv") == ["normal", "abnormal"]
     assert read_label_csv(write(tmp_path, "\ufeffid,name\r\n1,abnormal\r\n0,normal\r\n", "l.csv")) == [
         "normal", "abnormal"]
 

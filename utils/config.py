@@ -36,6 +36,7 @@ _CHOICES = {
     ("TRAIN", "AMP"): ("none", "bf16"),
     ("ADV_TRAIN", "LOSS"): ("mil", "ce"),
     ("ADV_TRAIN", "SRD_MODE"): ("center", "gradcam"),
+    ("ADV_TRAIN", "SRD_SEVERITY"): ("light", "medium", "heavy"),
     ("TEST", "NUM_CROP"): (1, 3),
 }
 _POSITIVE_INTS = [
