@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from utils.errors import DataError
-from utils.io import atomic_write_json
+from utils.io import atomic_write_text
 
 REGENERATE_HINT = (
     "regenerate it with `bash runners/genlabels.sh NUM_GPUs` (main_advtrain.py --only_test "
@@ -67,8 +67,9 @@ def pseudo_label_path(cfg) -> Path:
 
 
 def write_pseudo_labels(path, labels: dict[str, VideoPseudoLabels]) -> None:
-    """Write ``{video path: VideoPseudoLabels}`` to ``path`` atomically (sorted keys)."""
-    atomic_write_json(path, {key: labels[key].to_json() for key in sorted(labels)}, indent=1)
+    """Write ``{video path: VideoPseudoLabels}`` to ``path`` atomically, one video per line."""
+    lines = [f"{json.dumps(key)}: {json.dumps(labels[key].to_json())}" for key in sorted(labels)]
+    atomic_write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
 
 def read_pseudo_labels(path, records) -> dict[str, VideoPseudoLabels]:

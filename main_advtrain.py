@@ -1,0 +1,60 @@
+"""Stage 2 of FrameShield: pseudo labels (--only_test), then adversarial training.
+
+    # 2a: clip pseudo labels of the training videos -> OUTPUT/pseudo_labels.json
+    torchrun --nproc_per_node N main_advtrain.py -cfg configs/shanghai/shanghai_advtrain.yaml \
+        --output output/shanghai/advtrain --pretrained output/shanghai/promptmil/checkpoints/best.safetensors --only_test
+    # 2b: PGD adversarial training on pseudo labels + SRD pseudo anomalies (same --output)
+    torchrun --nproc_per_node N main_advtrain.py -cfg ... --output output/shanghai/advtrain --pretrained ...
+
+The pseudo-label file is read from ADV_TRAIN.PSEUDO_LABEL_FILE ('' = OUTPUT/pseudo_labels.json).
+"""
+import sys
+
+from utils.config import build_arg_parser
+
+
+def main(argv=None) -> int:
+    args = build_arg_parser("FrameShield stage 2: pseudo labels and adversarial training").parse_args(argv)
+    from datasets.build import build_test_loader, build_train_as_test_loader, build_train_loader
+    from utils import dist, engine, pseudo_labels, stage as stages
+
+    stage = stages.setup_stage("advtrain", args)
+    cfg = stage.cfg
+    try:
+        tokens = stages.text_tokens(stage)
+        target = pseudo_labels.pseudo_label_path(cfg)
+        if cfg.TEST.ONLY_TEST:
+            model = stages.build_model(stage, stages.weights_to_test(stage))
+            loader = build_train_as_test_loader(cfg, dist_info=stage.dist)
+            labels = engine.generate_pseudo_labels(model, loader, tokens, cfg, stage.logger)
+            if stage.is_main:
+                pseudo_labels.write_pseudo_labels(target, labels)
+                stage.logger.info(f"wrote {target} ({len(labels)} videos)")
+            dist.barrier()
+            return 0
+        train_loader = build_train_loader(cfg, stage.dist)
+        labels = None
+        if cfg.ADV_TRAIN.PSEUDO_LABEL:
+            labels = pseudo_labels.read_pseudo_labels(target, train_loader.dataset.records)
+            stage.logger.info(f"read pseudo labels of {len(labels)} videos from {target}")
+        model = stages.build_model(stage)
+        test_loader = build_test_loader(cfg, dist_info=stage.dist)
+        best = {}
+
+        def on_best(result, epoch):
+            best["result"] = result
+            stages.write_scores(stage, {"clean": result["videos"]}, {"clean": result["eval"]})
+
+        step = engine.make_advtrain_step(labels)
+        summary = engine.fit(stage, model, train_loader, test_loader, tokens, step, on_best)
+        if not summary["stopped"]:
+            summary["pseudo_labels"] = str(target) if labels is not None else None
+            summary["attack"] = engine.train_attack_settings(cfg)
+            stages.report_training(stage, summary, best.get("result"))
+        return 0
+    finally:
+        dist.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

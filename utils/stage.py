@@ -1,0 +1,283 @@
+"""What every stage script does before and after its loop.
+
+``setup_stage`` parses nothing itself: the entry script builds the parser
+(``utils.config.build_arg_parser`` plus its own flags) and hands over the parsed args.
+It then reads the config, starts the process group (torchrun, torch.distributed.launch or
+a plain single process), checks the output folder, opens the per-rank log, seeds
+SEED + rank and writes ``config.yaml`` (rank 0). ``build_model`` and ``text_tokens``
+turn the config into the X-CLIP model and the [C, 77] class-name tokens.
+
+Output-folder rule: a folder whose ``config.yaml`` differs from this run's config (in any
+key other than the run-mode keys in ``RUN_MODE_KEYS``) holds another run's results, and a
+stage refuses to write there unless ``--overwrite`` is given. A matching folder is the same
+run: training resumes from its last checkpoint.
+"""
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from utils.config import config_to_yaml, get_config, save_config
+from utils.errors import ConfigError
+from utils.io import atomic_path, atomic_write_json
+
+# Keys that say how a run is executed, not what it computes; they may differ between the
+# runs sharing one output folder (e.g. pseudo-label generation and the training after it).
+RUN_MODE_KEYS = {
+    "OUTPUT", "LOCAL_RANK", "PRINT_FREQ", "TEST.ONLY_TEST", "TEST.BATCH_SIZE", "MODEL.RESUME",
+    "TRAIN.AUTO_RESUME", "DATA.NUM_WORKERS", "DATA.PIN_MEMORY", "DATA.PERSISTENT_WORKERS",
+    "DATA.PREFETCH_FACTOR", "ATTACK.BATCH_SIZE",
+}
+# Files whose presence marks a folder as holding results.
+RESULT_FILES = ("results.json", "scores.npz", "pseudo_labels.json")
+
+
+@dataclass
+class Stage:
+    """The state a stage script passes to the engine loops."""
+
+    name: str
+    cfg: object
+    args: object
+    dist: object  # utils.dist.DistInfo
+    logger: object
+    output: Path
+    same_run: bool  # the output folder already held this run's config
+    started: float = field(default_factory=time.time)
+
+    @property
+    def device(self):
+        return self.dist.device
+
+    @property
+    def is_main(self):
+        return self.dist.rank == 0
+
+
+def setup_stage(name, args) -> Stage:
+    """Config, process group, output-folder check, logger, seeds and config.yaml."""
+    from utils import dist as dist_utils
+    from utils.logger import create_logger
+
+    cfg = get_config(args)
+    if not cfg.OUTPUT:
+        raise ConfigError(f"{name}: no output folder; pass --output DIR (or set OUTPUT in the config)")
+    info = dist_utils.init_distributed(cfg.LOCAL_RANK)
+    output = Path(cfg.OUTPUT)
+    # every rank reads the same files, so every rank reaches the same verdict (no hang
+    # waiting for a rank that raised)
+    same_run = check_output_folder(cfg, output, overwrite=getattr(args, "overwrite", False))
+    dist_utils.barrier()
+    output.mkdir(parents=True, exist_ok=True)
+    logger = create_logger(str(output), info.rank)
+    seed_everything(cfg.SEED + info.rank)
+    if info.rank == 0:
+        save_config(cfg, output / "config.yaml")
+    logger.info(f"{name}: rank {info.rank}/{info.world_size} on {info.device}; output {output}")
+    logger.debug(f"config:\n{config_to_yaml(cfg)}")
+    return Stage(name, cfg, args, info, logger, output, same_run)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _flatten(tree, prefix=""):
+    flat = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(cfg, config_file) -> list[str]:
+    """``KEY: old -> new`` for every computing key where ``config_file`` differs from ``cfg``."""
+    old = _flatten(yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {})
+    new = _flatten(yaml.safe_load(config_to_yaml(cfg)))
+    keys = sorted((set(old) | set(new)) - RUN_MODE_KEYS)
+    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def check_output_folder(cfg, output: Path, overwrite: bool) -> bool:
+    """True when ``output`` holds this same run; ConfigError when it holds another one.
+
+    Another run = its config.yaml differs in a computing key, or it has results but no
+    config.yaml. ``overwrite`` lets the stage write anyway (returns False: start fresh).
+    """
+    config_file = output / "config.yaml"
+    if config_file.is_file():
+        try:
+            diffs = config_differences(cfg, config_file)
+        except yaml.YAMLError as err:
+            diffs = [f"its config.yaml cannot be read ({err})"]
+        if not diffs:
+            return not overwrite
+        if overwrite:
+            return False
+        shown = "\n  ".join(diffs[:12]) + (f"\n  ... ({len(diffs) - 12} more)" if len(diffs) > 12 else "")
+        raise ConfigError(
+            f"output folder {output} holds a run with a different config:\n  {shown}\n"
+            "choose another --output, or pass --overwrite to write over it"
+        )
+    has_results = any((output / name).exists() for name in RESULT_FILES) or any((output / "checkpoints").glob("*"))
+    if has_results and not overwrite:
+        raise ConfigError(
+            f"output folder {output} holds results but no config.yaml, so it cannot be checked to be "
+            "this run; choose another --output, or pass --overwrite to write over it"
+        )
+    return False
+
+
+def build_model(stage: Stage, weights=None):
+    """X-CLIP from ``weights`` (default MODEL.PRETRAINED) or, with none, the MODEL.ARCH preset.
+
+    Returns the model on the stage's device in train mode (not yet wrapped in DDP).
+    """
+    from models import xclip
+
+    cfg = stage.cfg
+    path = weights if weights is not None else cfg.MODEL.PRETRAINED
+    model, _, _ = xclip.load(
+        path, name=cfg.MODEL.ARCH, device="cpu", T=cfg.DATA.NUM_FRAMES, droppath=cfg.MODEL.DROP_PATH_RATE,
+        use_checkpoint=cfg.TRAIN.USE_CHECKPOINT, logger=stage.logger, prompts_alpha=cfg.MODEL.PROMPTS_ALPHA,
+        prompts_layers=cfg.MODEL.PROMPTS_LAYERS, mit_layers=cfg.MODEL.MIT_LAYERS, fix_text=cfg.MODEL.FIX_TEXT,
+    )
+    if model.input_resolution != cfg.DATA.INPUT_SIZE:
+        raise ConfigError(
+            f"the model takes {model.input_resolution}px frames but DATA.INPUT_SIZE is {cfg.DATA.INPUT_SIZE}; "
+            f"set DATA.INPUT_SIZE {model.input_resolution}"
+        )
+    return model.to(stage.device).train()
+
+
+def text_tokens(stage: Stage) -> torch.Tensor:
+    """Tokens [C, 77] of the class names in DATA.LABEL_LIST (id order; class 1 = abnormal)."""
+    from clip import tokenize
+    from datasets.lists import read_label_csv
+
+    names = read_label_csv(stage.cfg.DATA.LABEL_LIST)
+    if len(names) != stage.cfg.DATA.NUM_CLASSES:
+        raise ConfigError(
+            f"{stage.cfg.DATA.LABEL_LIST} lists {len(names)} classes but DATA.NUM_CLASSES is "
+            f"{stage.cfg.DATA.NUM_CLASSES}"
+        )
+    stage.logger.info(f"classes: {names}")
+    return tokenize(names).to(stage.device)
+
+
+def write_results(stage: Stage, results: dict) -> None:
+    """OUTPUT/results.json (rank 0): ``results`` plus config path, stage name and wall time."""
+    if not stage.is_main:
+        return
+    payload = {"stage": stage.name, **results, "config": str(stage.output / "config.yaml"),
+               "config_source": str(stage.args.config)}
+    payload.setdefault("timings", {})["total_s"] = round(time.time() - stage.started, 3)
+    atomic_write_json(stage.output / "results.json", _finite(payload))
+    stage.logger.info(f"wrote {stage.output / 'results.json'}")
+
+
+def _finite(obj):
+    """JSON has no NaN: write undefined metrics as null."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def write_scores(stage: Stage, score_sets: dict, evals: dict, name="scores.npz") -> None:
+    """Per-video segment and frame scores as ``OUTPUT/scores.npz`` (rank 0; no pickle).
+
+    score_sets: {set name ("clean", "adversarial"): {video path: {"starts", "lengths", "scores"}}};
+    evals: {set name: utils.metrics.evaluate_scores result} for the frame-level curves.
+    Arrays (V videos in sorted path order, S segments, F frames):
+    ``videos`` [V] str; ``seg_offsets`` [V+1], ``seg_starts`` [S], ``seg_lengths`` [S],
+    ``<set>_scores`` [S] float32 (segments of video v: seg_offsets[v]:seg_offsets[v+1]);
+    ``frame_offsets`` [V+1], ``frame_labels`` [F] uint8, ``<set>_frame_scores`` [F] float32
+    (the smoothed frame scores the metric used; videos without scores have 0 frames).
+    """
+    if not stage.is_main:
+        return
+    from utils.metrics import video_name
+
+    first = next(iter(score_sets.values()))
+    videos = sorted(first)
+    arrays = {"videos": np.array(videos, dtype=str)}
+    seg_counts = [len(first[v]["starts"]) for v in videos]
+    arrays["seg_offsets"] = np.concatenate([[0], np.cumsum(seg_counts)]).astype(np.int64)
+    arrays["seg_starts"] = _concat([first[v]["starts"] for v in videos], np.int64)
+    arrays["seg_lengths"] = _concat([first[v]["lengths"] for v in videos], np.int64)
+    for set_name, scores in score_sets.items():
+        arrays[f"{set_name}_scores"] = _concat([scores[v]["scores"] for v in videos], np.float32)
+    first_eval = next(iter(evals.values()))["per_video"]
+    names = [video_name(v) for v in videos]
+    frame_counts = [len(first_eval[n]["labels"]) if n in first_eval else 0 for n in names]
+    arrays["frame_offsets"] = np.concatenate([[0], np.cumsum(frame_counts)]).astype(np.int64)
+    arrays["frame_labels"] = _concat([first_eval[n]["labels"] for n in names if n in first_eval], np.uint8)
+    for set_name, result in evals.items():
+        per_video = result["per_video"]
+        arrays[f"{set_name}_frame_scores"] = _concat(
+            [per_video[n]["scores"] for n in names if n in first_eval], np.float32)
+    with atomic_path(stage.output / name) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    stage.logger.info(f"wrote {stage.output / name}")
+
+
+def _concat(parts, dtype):
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+
+def read_scores(path) -> dict:
+    """Load a scores.npz written by :func:`write_scores` (no pickle) -> {name: array}."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def write_plots(stage: Stage, evals: dict, title: str) -> list:
+    """ROC curve(s) and per-video score curves (rank 0) under OUTPUT/plots; returns the paths."""
+    if not stage.is_main:
+        return []
+    from utils import plots
+
+    return plots.write_stage_plots(stage.output / "plots", evals, title=title)
+
+
+def weights_to_test(stage: Stage):
+    """The checkpoint an evaluation stage scores: MODEL.RESUME, else MODEL.PRETRAINED."""
+    weights = stage.cfg.MODEL.RESUME or stage.cfg.MODEL.PRETRAINED
+    if weights is None:
+        stage.logger.warning(f"{stage.name}: no --pretrained/--resume given: evaluating the "
+                             f"{stage.cfg.MODEL.ARCH} preset with RANDOM weights")
+    return weights
+
+
+def report_evaluation(stage: Stage, result: dict, weights, key="test") -> dict:
+    """Scores, plots and results.json of one evaluated model (main.py --only_test)."""
+    from utils.engine import choose_threshold
+
+    threshold = choose_threshold(result["eval"])
+    write_scores(stage, {"clean": result["videos"]}, {"clean": result["eval"]})
+    plot_paths = write_plots(stage, {"clean": result["eval"]}, title=f"{stage.name}: {weights or 'random weights'}")
+    results = {key: result["metrics"], "threshold": threshold, "checkpoint": weights,
+               "segments_per_s": result["segments_per_s"], "plots": [str(p) for p in plot_paths]}
+    write_results(stage, results)
+    return results
+
+
+def report_training(stage: Stage, summary: dict, best_result) -> dict:
+    """results.json of a training stage: best/last metrics, threshold, history, checkpoint."""
+    if best_result is not None:
+        write_plots(stage, {"clean": best_result["eval"]}, title=f"{stage.name}: best epoch {summary['best']['epoch']}")
+    write_results(stage, summary)
+    return summary
