@@ -38,6 +38,8 @@ from utils.errors import DataError, ListFileError
 
 _INT_RE = re.compile(r"-?\d+", re.ASCII)
 _KINDS = ("auto", "train", "test")
+# Far above any real video (about 40 days at 30 fps); larger counts are typos or corrupt lines.
+MAX_FRAMES = 10**8
 
 
 @dataclass
@@ -169,6 +171,8 @@ def _parse_test(columns, where):
 def _check_counts(num_frames, label, where):
     if num_frames <= 0:
         raise ListFileError(f"{where}: the number of frames must be positive, got {num_frames}")
+    if num_frames > MAX_FRAMES:
+        raise ListFileError(f"{where}: {num_frames} frames is implausibly many (limit {MAX_FRAMES}); is the line corrupt?")
     if label < 0:
         raise ListFileError(f"{where}: the label (class id) must be >= 0, got {label}")
 

@@ -93,6 +93,11 @@ def test_unknown_yaml_key_names_key_and_file(tmp_path):
     assert "TRAIN.EPOCS" in message and "base.yaml" in message and "TRAIN.EPOCHS" in message
 
 
+def test_lower_case_key_hint(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean TRAIN.LR"):
+        load_config_file(write(tmp_path / "a.yaml", "TRAIN:\n  lr: 1e-5\n"))
+
+
 def test_unknown_section_and_section_given_a_value(tmp_path):
     with pytest.raises(ConfigError, match="MODELL"):
         load_config_file(write(tmp_path / "a.yaml", "MODELL:\n  ARCH: x\n"))

@@ -91,6 +91,7 @@ def test_five_columns_kind_rule(tmp_path):
         ("a 5 5 1\n", "auto", 1, "positive"),
         ("a -10 0\n", "auto", 1, "positive"),
         ("a 10 -1\n", "auto", 1, r"label .*>= 0"),
+        ("a 1000000000 0\n", "auto", 1, "implausibly many"),
         ("ok 100 1 50 60\na 100 1 50 40\n", "auto", 2, "before its start"),
         ("a 100 1 -1 40\n", "auto", 1, "-1 -1"),
         ("a 100 1 1 2 3 x\n", "auto", 1, "column 7"),

@@ -163,7 +163,8 @@ def _coerce(value, default, key, source, from_text=False):
 
 def _unknown_key(full_key, known, source):
     last = full_key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(last, list(known), n=1)
+    known = list(known)
+    close = [last.upper()] if last.upper() in known else difflib.get_close_matches(last, known, n=1)
     hint = f"; did you mean {full_key.rsplit('.', 1)[0] + '.' if '.' in full_key else ''}{close[0]}?" if close else ""
     return ConfigError(
         f"unknown config key {full_key} in {source}{hint} (every key is listed in docs/CONFIG.md)"
