@@ -1,0 +1,164 @@
+"""DataLoaders for training, testing and train-as-test (pseudo labels).
+
+Samplers: with a process group (``torch.distributed`` initialised, or ``dist_info`` saying
+so) the train loader shards with ``DistributedSampler`` (shuffled, seeded by SEED, padded to
+equal shares as DDP needs); the test loaders shard by ``rank::world_size`` without padding,
+so every segment is scored exactly once over all ranks. Without a process group the train
+order is a permutation drawn from (SEED, epoch) and the test order is the list order.
+
+Every sampler yields ``(index, epoch)`` keys: the epoch reaches the dataset inside the key,
+so persistent workers and prefetched batches always see the right epoch. Call
+``set_loader_epoch(loader, epoch)`` at the start of every epoch.
+
+Workers: ``DATA.NUM_WORKERS``; pin_memory only when CUDA is available and DATA.PIN_MEMORY;
+persistent workers and prefetch factor only with workers. Each worker runs one thread and
+seeds torch/numpy/random from (SEED, rank, worker id, epoch) at start; item randomness is
+seeded per item (see datasets.video_dataset).
+"""
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
+
+from datasets.lists import parse_list_file
+from datasets.video_dataset import (_TAG_WORKER, SegmentDataset, TrainVideoDataset, derive_seed,
+                                    seed_global_rngs)
+
+
+class EpochKeySampler(Sampler):
+    """Wraps an index sampler and yields ``(index, epoch)``; ``set_epoch`` reaches both."""
+
+    def __init__(self, base):
+        self.base = base
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(self.epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        for index in self.base:
+            yield (int(index), epoch)
+
+    def __len__(self):
+        return len(self.base)
+
+
+class SeededShuffleSampler(Sampler):
+    """A permutation of ``range(n)`` drawn from (seed, epoch): reproducible per epoch."""
+
+    def __init__(self, n, seed):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self):
+        return self.n
+
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + world, ...`` in order: no padding, no shuffling (evaluation)."""
+
+    def __init__(self, n, rank=0, world_size=1):
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self):
+        return len(range(self.rank, self.n, self.world_size))
+
+
+def _process_group(dist_info=None):
+    """(distributed, rank, world_size) from ``dist_info`` or the initialised process group."""
+    if dist_info is not None:
+        distributed = bool(getattr(dist_info, "distributed", dist_info.world_size > 1))
+        return distributed, int(dist_info.rank), int(dist_info.world_size)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return True, torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return False, 0, 1
+
+
+class WorkerInit:
+    """``worker_init_fn``: one thread per worker; seed its RNGs from (SEED, rank, worker, epoch)."""
+
+    def __init__(self, seed, rank, sampler):
+        self.seed, self.rank, self.sampler = seed, rank, sampler
+
+    def __call__(self, worker_id):
+        torch.set_num_threads(1)
+        epoch = getattr(self.sampler, "epoch", 0)  # the epoch when the workers were started
+        seed_global_rngs(derive_seed(self.seed, self.rank, worker_id, epoch, _TAG_WORKER))
+
+
+def worker_seed():
+    """The current worker's (id, torch initial seed), for logging; (-1, seed) in the main process."""
+    info = get_worker_info()
+    return (info.id if info else -1), torch.initial_seed()
+
+
+def _loader(cfg, dataset, sampler, batch_size, rank):
+    workers = int(cfg.DATA.NUM_WORKERS)
+    extra = {}
+    if workers > 0:
+        extra = dict(persistent_workers=bool(cfg.DATA.PERSISTENT_WORKERS),
+                     prefetch_factor=int(cfg.DATA.PREFETCH_FACTOR),
+                     worker_init_fn=WorkerInit(int(cfg.SEED), rank, sampler))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=bool(cfg.DATA.PIN_MEMORY) and torch.cuda.is_available(),
+                      drop_last=False, **extra)
+
+
+def build_train_loader(cfg, dist_info=None):
+    """Training loader over ``DATA.TRAIN_FILE``: batches of ``TrainVideoDataset`` items.
+
+    Batch keys: imgs [B, A, K, T, 3, S, S] float in [0, 1], label [B], vid [B], path,
+    frame_inds [B, K, T], pa_labels [B, K], srd_applied [B], replaced_frames [B].
+    """
+    distributed, rank, world = _process_group(dist_info)
+    records = parse_list_file(cfg.DATA.TRAIN_FILE, kind="train")
+    dataset = TrainVideoDataset(records, cfg, list_file=cfg.DATA.TRAIN_FILE, rank=rank)
+    if distributed:
+        base = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                  seed=int(cfg.SEED) % (1 << 32), drop_last=False)
+    else:
+        base = SeededShuffleSampler(len(dataset), int(cfg.SEED))
+    return _loader(cfg, dataset, EpochKeySampler(base), int(cfg.TRAIN.BATCH_SIZE), rank)
+
+
+def _segment_loader(cfg, list_file, kind, dist_info):
+    distributed, rank, world = _process_group(dist_info)
+    records = parse_list_file(list_file, kind=kind)
+    dataset = SegmentDataset(records, cfg, list_file=list_file, rank=rank)
+    base = ShardSampler(len(dataset), rank, world) if distributed else ShardSampler(len(dataset))
+    return _loader(cfg, dataset, EpochKeySampler(base), int(cfg.TEST.BATCH_SIZE), rank)
+
+
+def build_test_loader(cfg, list_file=None, dist_info=None):
+    """Test loader over ``list_file`` (default ``DATA.VAL_FILE``), one segment per item.
+
+    Batch keys: imgs [B, T, 3, S, S] (or [B, 3, T, 3, S, S] with TEST.NUM_CROP 3), vid [B],
+    path, seg_start [B], seg_len [B], frame_inds [B, T], replaced_frames [B].
+    """
+    if list_file is None:
+        return _segment_loader(cfg, cfg.DATA.VAL_FILE, "test", dist_info)
+    return _segment_loader(cfg, list_file, "auto", dist_info)
+
+
+def build_train_as_test_loader(cfg, dist_info=None):
+    """Deterministic loader over ``DATA.TRAIN_FILE`` segmented like the test loader."""
+    return _segment_loader(cfg, cfg.DATA.TRAIN_FILE, "train", dist_info)
+
+
+def set_loader_epoch(loader, epoch):
+    """Tell the loader's sampler (and so the items' seeds) which epoch is starting."""
+    sampler = loader.sampler
+    if not hasattr(sampler, "set_epoch"):
+        raise TypeError(f"the loader's sampler {type(sampler).__name__} has no set_epoch")
+    sampler.set_epoch(epoch)
+

@@ -1,0 +1,216 @@
+"""Map-style datasets over a list file: training items and test segments.
+
+``TrainVideoDataset``: one item per video = K clips of T frames (datasets.sampling), read
+once (uint8), optionally given an SRD pseudo anomaly (normal videos, before the views so
+both views share it), then turned into ``DATA.NUM_VIEWS`` views -> ``imgs [A, K, T, 3, S, S]``
+float in [0, 1].
+
+``SegmentDataset``: one item per test segment (test list, or the train list for pseudo
+labels) -> ``imgs [T, 3, S, S]`` (or ``[3, T, 3, S, S]`` with three crops); deterministic.
+
+Seeding: an item's randomness (clip offsets, view-2 augmentation, SRD) is drawn from seeds
+derived from ``(SEED, rank, epoch, video index)``, so it never depends on which worker
+loads the item or how many workers there are, differs between epochs and ranks, and a run
+resumed at any epoch replays the same data. The epoch reaches the workers inside the
+sampler's keys (``(index, epoch)``, see datasets.build), which works with persistent
+workers and prefetching alike. Plain integer keys mean epoch 0.
+"""
+import random
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from datasets.frames import open_video
+from datasets.lists import resolve_video_path
+from datasets.sampling import train_clip_indices, video_segments
+from datasets.transforms import build_test_view, build_train_views
+from utils.errors import DataError
+
+# tags keep the per-item seed streams apart
+_TAG_SAMPLING, _TAG_AUGMENT, _TAG_SRD, _TAG_WORKER = 1, 2, 3, 4
+
+
+def derive_seed(*parts):
+    """A 63-bit seed from integers (any sign) through numpy's SeedSequence mixing."""
+    words = [int(p) % (1 << 32) for p in parts]
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def split_key(key):
+    """Dataset key -> (index, epoch): an int, or the sampler's ``(index, epoch)`` pair."""
+    if isinstance(key, (tuple, list)):
+        return int(key[0]), int(key[1])
+    return int(key), 0
+
+
+def seed_global_rngs(seed):
+    """Seed torch, numpy and random (the RNGs torchvision's v2 transforms and users draw from)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (1 << 32))
+    random.seed(seed)
+
+
+@contextmanager
+def seeded_global_rngs(seed):
+    """Seed the global RNGs for one item; in the main process restore them afterwards.
+
+    In a worker process the globals belong to the worker and are simply reseeded; with
+    ``NUM_WORKERS 0`` the item is built in the training process, whose RNG stream (dropout,
+    attacks) must not change because data was loaded.
+    """
+    if get_worker_info() is not None:
+        seed_global_rngs(seed)
+        yield
+        return
+    saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    seed_global_rngs(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
+
+
+class _ListDataset(Dataset):
+    """Shared part: records, path resolution and the up-front checks of the list."""
+
+    def __init__(self, records, cfg, list_file="", rank=0):
+        self.records = list(records)
+        self.list_file = str(list_file)
+        self.rank = int(rank)
+        self.seed = int(cfg.SEED)
+        self.filename_tmpl = cfg.DATA.FILENAME_TMPL
+        self.replace_bad = bool(cfg.DATA.REPLACE_BAD_FRAMES)
+        self.num_frames = int(cfg.DATA.NUM_FRAMES)
+        self.interval = int(cfg.DATA.FRAME_INTERVAL)
+        if not self.records:
+            raise DataError(f"list file {self.list_file or '(given records)'} holds no videos")
+        self.video_paths = []
+        for record in self.records:
+            where = f"{self.list_file}:{record.line}" if self.list_file else f"video {record.path}"
+            if record.num_frames < self.num_frames:
+                raise DataError(
+                    f"{where}: video {record.path} has {record.num_frames} frames, fewer than one "
+                    f"clip (DATA.NUM_FRAMES={self.num_frames}); remove it from the list or lower "
+                    "DATA.NUM_FRAMES")
+            self.video_paths.append(resolve_video_path(
+                cfg.DATA.ROOT, record.path, allow_outside_root=cfg.DATA.ALLOW_OUTSIDE_ROOT,
+                must_exist=True, source=where))
+        self._cached = (None, None)  # (video index, reader): consecutive segments reuse it
+
+    def reader(self, vid):
+        if self._cached[0] != vid:
+            record = self.records[vid]
+            self._cached = (vid, open_video(self.video_paths[vid], record.num_frames, self.filename_tmpl,
+                                            record.start_frame, self.replace_bad))
+        return self._cached[1]
+
+    def read_frames(self, vid, inds):
+        """``uint8 [N, 3, H, W]`` for ``inds`` and the number of frames replaced while reading."""
+        reader = self.reader(vid)
+        before = reader.replaced
+        frames = reader.read(inds)
+        return frames, reader.replaced - before
+
+
+class TrainVideoDataset(_ListDataset):
+    """One item per video of a training list (see the module docstring for the keys)."""
+
+    def __init__(self, records, cfg, list_file="", rank=0, random_sampling=True):
+        super().__init__(records, cfg, list_file, rank)
+        self.num_clips = int(cfg.DATA.NUM_CLIPS)
+        self.random_sampling = random_sampling
+        self.views = build_train_views(cfg)
+        self.pseudo_anomaly = bool(cfg.ADV_TRAIN.PSEUDO_ANOMALY)
+        self.srd_options = {}
+        self.gradcam_dir = ""
+        if self.pseudo_anomaly:
+            from datasets import srd
+
+            self.srd_options = srd.srd_options_from_config(cfg)
+            if self.srd_options.get("mode") == "gradcam":
+                self.gradcam_dir = str(cfg.ADV_TRAIN.GRADCAM_DIR)
+
+    def __len__(self):
+        return len(self.records)
+
+    def item_seed(self, index, epoch, tag):
+        return derive_seed(self.seed, self.rank, epoch, index, tag)
+
+    def __getitem__(self, key):
+        vid, epoch = split_key(key)
+        record = self.records[vid]
+        rng = np.random.default_rng(self.item_seed(vid, epoch, _TAG_SAMPLING)) if self.random_sampling else None
+        inds = train_clip_indices(record.num_frames, self.num_clips, self.num_frames, self.interval, rng)
+        frames, replaced = self.read_frames(vid, inds.reshape(-1))
+        clips = frames.view(self.num_clips, self.num_frames, *frames.shape[1:])
+
+        pa_labels = torch.zeros(self.num_clips, dtype=torch.long)
+        if self.pseudo_anomaly and not record.is_anomalous:
+            clips, pa_labels = self._apply_srd(vid, epoch, clips, inds)
+
+        with seeded_global_rngs(self.item_seed(vid, epoch, _TAG_AUGMENT)):
+            imgs = torch.stack([self._view(view, clips) for view in self.views])
+        return {
+            "imgs": imgs,
+            "label": torch.tensor(int(record.is_anomalous), dtype=torch.long),
+            "vid": torch.tensor(vid, dtype=torch.long),
+            "path": record.path,
+            "frame_inds": torch.from_numpy(inds),
+            "pa_labels": pa_labels,
+            "srd_applied": torch.tensor(bool(pa_labels.any())),
+            "replaced_frames": torch.tensor(replaced, dtype=torch.long),
+        }
+
+    def _apply_srd(self, vid, epoch, clips, inds):
+        """SRD on the decoded uint8 clips ``[K, T, 3, H, W]`` with the item's own generator."""
+        from datasets import srd
+
+        generator = torch.Generator().manual_seed(self.item_seed(vid, epoch, _TAG_SRD))
+        saliency = None
+        if self.gradcam_dir:
+            saliency = srd.load_saliency(self.gradcam_dir, self.records[vid].path, inds)
+        clips, pa_labels, _ = srd.apply_srd(clips, generator, saliency=saliency, **self.srd_options)
+        return clips, pa_labels.to(torch.long)
+
+    def _view(self, view, clips):
+        """``[K, T, 3, S, S]``: one transform call per clip (each clip draws its own params)."""
+        if not view.random:
+            k, t = clips.shape[:2]
+            out = view(clips.reshape(k * t, *clips.shape[2:]))
+            return out.view(k, t, *out.shape[1:])
+        return torch.stack([view(clip) for clip in clips])
+
+
+class SegmentDataset(_ListDataset):
+    """One item per consecutive segment of every video; no randomness.
+
+    ``segments``: list of (video index, datasets.sampling.Segment) in list order.
+    """
+
+    def __init__(self, records, cfg, list_file="", rank=0):
+        super().__init__(records, cfg, list_file, rank)
+        self.view = build_test_view(cfg)
+        self.segments = [(vid, seg) for vid, record in enumerate(self.records)
+                         for seg in video_segments(record.num_frames, self.num_frames, self.interval)]
+
+    def __len__(self):
+        return len(self.segments)
+
+    def __getitem__(self, key):
+        index, _ = split_key(key)
+        vid, seg = self.segments[index]
+        frames, replaced = self.read_frames(vid, list(seg.frame_inds))
+        return {
+            "imgs": self.view(frames),
+            "vid": torch.tensor(vid, dtype=torch.long),
+            "path": self.records[vid].path,
+            "seg_start": torch.tensor(seg.start, dtype=torch.long),
+            "seg_len": torch.tensor(seg.length, dtype=torch.long),
+            "frame_inds": torch.tensor(seg.frame_inds, dtype=torch.long),
+            "replaced_frames": torch.tensor(replaced, dtype=torch.long),
+        }
