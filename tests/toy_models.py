@@ -22,7 +22,9 @@ class ToyVideoModel(nn.Module):
 
     def forward(self, video, text_tokens):
         feature_v = self.visual(video * 2 - 1)
-        feature_t = (self.token_embedding(text_tokens) + self.positional_embedding).mean(dim=1)
+        # tanh: without a non-linearity the parts shared by both prompts would cancel in
+        # the softmax and get a zero gradient
+        feature_t = torch.tanh((self.token_embedding(text_tokens) + self.positional_embedding).mean(dim=1))
         logits = self.logit_scale * feature_v @ feature_t.t()
         return {"y": logits, "feature_v": feature_v, "feature_t": feature_t}
 

@@ -1,0 +1,66 @@
+"""Graceful stop on SIGTERM (what cluster schedulers send before killing a job).
+
+The handler only sets a flag. Training loops check it at step boundaries, save a
+resumable checkpoint and exit cleanly; with several ranks, ``stop_requested(sync=True)``
+makes every rank take the same decision at the same step so none is left waiting in a
+collective. A second SIGTERM while the first is being handled gets the default action
+(the process dies), so a stuck job can still be killed.
+"""
+import logging
+import os
+import signal
+
+_stop = {"requested": False, "signal": None}
+_previous = {}
+logger = logging.getLogger("FrameShield.signals")
+
+
+def _handler(signum, frame):
+    if _stop["requested"]:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _stop["requested"] = True
+    _stop["signal"] = signum
+    logger.warning(f"received {signal.Signals(signum).name}: stopping at the next step "
+                   "boundary after saving a checkpoint (send it again to die at once)")
+
+
+def install_stop_handler(signals=(signal.SIGTERM,)):
+    """Route the given signals to the stop flag (main thread only); returns nothing."""
+    for signum in signals:
+        if signum not in _previous:
+            _previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, _handler)
+
+
+def uninstall_stop_handler():
+    """Restore the handlers that were there before :func:`install_stop_handler`."""
+    for signum, previous in list(_previous.items()):
+        signal.signal(signum, previous)
+        del _previous[signum]
+
+
+def request_stop():
+    """Set the flag by hand (tests, or a NaN guard that wants the same exit path)."""
+    _stop["requested"] = True
+
+
+def reset_stop():
+    _stop["requested"] = False
+    _stop["signal"] = None
+
+
+def stop_requested(sync=False):
+    """Whether to stop now. ``sync=True`` (all ranks must call it): true everywhere when any
+    rank got the signal."""
+    if sync:
+        from utils import dist
+
+        return dist.any_rank(_stop["requested"])
+    return _stop["requested"]
+
+
+def stop_signal():
+    """The signal number that set the flag (None when none or set by hand)."""
+    return _stop["signal"]
