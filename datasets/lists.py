@@ -172,7 +172,9 @@ def _check_counts(num_frames, label, where):
     if num_frames <= 0:
         raise ListFileError(f"{where}: the number of frames must be positive, got {num_frames}")
     if num_frames > MAX_FRAMES:
-        raise ListFileError(f"{where}: {num_frames} frames is implausibly many (limit {MAX_FRAMES}); is the line corrupt?")
+        raise ListFileError(
+            f"{where}: {num_frames} frames is implausibly many (limit {MAX_FRAMES}); is the line corrupt?"
+        )
     if label < 0:
         raise ListFileError(f"{where}: the label (class id) must be >= 0, got {label}")
 

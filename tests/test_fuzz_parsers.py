@@ -142,12 +142,15 @@ def test_config_loader_structured(workdir, mapping):
     _load(workdir, yaml.safe_dump(mapping, allow_unicode=True))
 
 
+_yaml_lines = [
+    "DATA:", "  ROOT: x", "  NUM_FRAMES: 2001-13-45", "TRAIN: {LR: 1e-x}", "BASE: [nope.yaml]", "BASE: 3",
+    "- a", "? [a]\n: 1", "&a [*a]", "MODEL:\n  PRETRAINED: None", "\t", "!!python/object:os.system {}",
+    "x: !!binary AAAA", "SEED: 99999999999999999999999", "TEST:\n  NUM_CROP: 2",
+]
+
+
 @FUZZ
-@given(text=st.one_of(st.text(max_size=120), st.lists(
-    st.sampled_from(["DATA:", "  ROOT: x", "  NUM_FRAMES: 2001-13-45", "TRAIN: {LR: 1e-x}", "BASE: [nope.yaml]",
-                     "BASE: 3", "- a", "? [a]\n: 1", "&a [*a]", "MODEL:\n  PRETRAINED: None", "\t", "!!python/object:os.system {}",
-                     "x: !!binary AAAA", "SEED: 99999999999999999999999", "TEST:\n  NUM_CROP: 2"]),
-    max_size=6).map("\n".join)))
+@given(text=st.one_of(st.text(max_size=120), st.lists(st.sampled_from(_yaml_lines), max_size=6).map("\n".join)))
 def test_config_loader_raw_text(workdir, text):
     _load(workdir, text)
 

@@ -262,7 +262,8 @@ def merge_opts(cfg, opts, source="--opts"):
                 if not isinstance(node, CfgNode):
                     raise ConfigError(f"{source}: {'.'.join(parts[: depth + 1])} is a value, not a section")
         if isinstance(node[parts[-1]], CfgNode):
-            raise ConfigError(f"{source}: {key} is a section; set one of its keys (e.g. {key}.{next(iter(node[parts[-1]]))})")
+            example = next(iter(node[parts[-1]]))
+            raise ConfigError(f"{source}: {key} is a section; set one of its keys (e.g. {key}.{example})")
         node[parts[-1]] = _coerce(value, node[parts[-1]], key, source, from_text=True)
 
 
