@@ -9,8 +9,8 @@ The benchmark list files are not shipped, so this tool rebuilds them::
 Videos: every folder under ``ROOT/SUBDIR`` (searched recursively) that directly holds image
 files (.jpg/.jpeg/.png/.bmp) is one frame-folder video (frames counted on disk); every
 video file (.mp4/.avi/.mkv/.mov/.webm/.mpg/.mpeg/.m4v) is one video (frames counted by
-decord). A video's *name* is its path under SUBDIR without a file extension
-(``01_0014``, ``Abuse/Abuse001``).
+decord). A video's *name* is its path under SUBDIR without a video-file extension
+(``01_0014``, ``Abuse/Abuse001``; also for a frame folder named like a video file).
 
 Ground truth (``--gt``), either
 - a CSV with header ``video,label`` and optional columns ``split`` (``train``/``test``) and
@@ -91,21 +91,20 @@ def scan_videos(root, subdir):
         if frames and folder != base:
             entries.append(_entry(root, base, folder, len(frames)))
         for video in sorted(p for p in files if p.suffix.lower() in VIDEO_SUFFIXES):
-            entries.append(_entry(root, base, video, count_video_frames(video), strip_suffix=True))
+            entries.append(_entry(root, base, video, count_video_frames(video)))
     # a frame folder's own sub-folders are not videos of their own
     frame_dirs = {e.path for e in entries}
     entries = [e for e in entries if not any(e.path.startswith(d + "/") for d in frame_dirs if d != e.path)]
     return sorted(entries, key=lambda e: e.path)
 
 
-def _entry(root, base, path, num_frames, strip_suffix=False):
+def _entry(root, base, path, num_frames):
     rel = path.relative_to(root).as_posix()
     if any(c.isspace() for c in rel):
         raise DataError(f"video path {rel!r} contains whitespace, which list files cannot hold; rename it")
-    name = path.relative_to(base).as_posix()
-    if strip_suffix:
-        name = name[: -len(path.suffix)]
-    return VideoEntry(rel, name, num_frames)
+    # A TAD-style frame folder may be named like a video file (01_Accident_006.mp4): its
+    # name loses the suffix too, so ground truth written either way matches it.
+    return VideoEntry(rel, _strip_video_suffix(path.relative_to(base).as_posix()), num_frames)
 
 
 # ---------------------------------------------------------------- ground truth

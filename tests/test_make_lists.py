@@ -86,6 +86,15 @@ def test_mask_ground_truth(dataset, tmp_path):
     assert fight.intervals == [(4, 9)] and frame_labels(fight).tolist() == mask.tolist()
 
 
+def test_tad_style_frame_folder_named_like_a_video(tmp_path):
+    root = tmp_path / "tad"
+    frame_folder(root / "frames" / "abnormal" / "01_Accident_006.mp4", 20)
+    gt = tmp_path / "gt.csv"
+    gt.write_text("video,label,intervals\nabnormal/01_Accident_006.mp4,1,5-9\n")
+    make_lists(root, ["frames"], gt, out_test=tmp_path / "test.txt")
+    assert (tmp_path / "test.txt").read_text() == "frames/abnormal/01_Accident_006.mp4 20 1 5 9\n"
+
+
 def test_mask_intervals_runs():
     assert mask_intervals([1, 1, 0, 0, 1, 0, 1]) == [(0, 2), (4, 5), (6, 7)]
     assert mask_intervals([0, 0]) == []
