@@ -117,7 +117,8 @@ def _loader(cfg, dataset, sampler, batch_size, rank):
 def build_train_loader(cfg, dist_info=None):
     """Training loader over ``DATA.TRAIN_FILE``: batches of ``TrainVideoDataset`` items.
 
-    Batch keys: imgs [B, A, K, T, 3, S, S] float in [0, 1], label [B], vid [B], path,
+    Batch keys: imgs [B, A, K, T, 3, S, S] float in [0, 1] (A = DATA.NUM_VIEWS with
+    TRAIN.USE_VIEW2, else 1), label [B], vid [B], path,
     frame_inds [B, K, T], pa_labels [B, K], srd_applied [B], replaced_frames [B].
     """
     distributed, rank, world = _process_group(dist_info)

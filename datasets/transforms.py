@@ -127,11 +127,20 @@ class AugmentedView:
         return to_unit_float(self.pixel_ops(self.crop(clip)))
 
 
+def num_train_views(cfg):
+    """Views a training item carries (A): ``DATA.NUM_VIEWS`` when ``TRAIN.USE_VIEW2``, else 1.
+
+    Training reads view 2 only with TRAIN.USE_VIEW2 (utils.engine.view_clips), and view 2
+    costs ~15x view 1 on the CPU (docs/bench_loader.md), so it is not built when unused.
+    """
+    return int(cfg.DATA.NUM_VIEWS) if cfg.TRAIN.USE_VIEW2 else 1
+
+
 def build_train_views(cfg):
-    """The ``DATA.NUM_VIEWS`` per-clip transforms of a training item (view 1 first)."""
+    """The per-clip transforms of a training item, view 1 first (see :func:`num_train_views`)."""
     size = cfg.DATA.INPUT_SIZE
     views = [CenterView(size), AugmentedView(size, cfg.AUG.COLOR_JITTER, cfg.AUG.GRAY_SCALE)]
-    return views[:cfg.DATA.NUM_VIEWS]
+    return views[:num_train_views(cfg)]
 
 
 def build_test_view(cfg):

@@ -2,8 +2,9 @@
 
 ``TrainVideoDataset``: one item per video = K clips of T frames (datasets.sampling), read
 once (uint8), optionally given an SRD pseudo anomaly (normal videos, before the views so
-both views share it), then turned into ``DATA.NUM_VIEWS`` views -> ``imgs [A, K, T, 3, S, S]``
-float in [0, 1].
+both views share it), then turned into A views -> ``imgs [A, K, T, 3, S, S]`` float in
+[0, 1]; A = DATA.NUM_VIEWS when TRAIN.USE_VIEW2, else 1 (view 2 is not built when training
+does not read it; see datasets.transforms.num_train_views).
 
 ``SegmentDataset``: one item per test segment (test list, or the train list for pseudo
 labels) -> ``imgs [T, 3, S, S]`` (or ``[3, T, 3, S, S]`` with three crops); deterministic.

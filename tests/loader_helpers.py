@@ -40,7 +40,8 @@ def make_dataset(root, lengths=(24, 30, 20, 26), labels=(0, 1, 0, 1)):
 
 
 def tiny_cfg(root, **overrides):
-    """Default config pointed at ``root`` with tiny clips: K=4 clips of T=3 frames, step 2, 32 px."""
+    """Default config pointed at ``root`` with tiny clips: K=4 clips of T=3 frames, step 2, 32 px,
+    both views (TRAIN.USE_VIEW2)."""
     cfg = get_default_config()
     cfg.DATA.ROOT = str(root)
     cfg.DATA.TRAIN_FILE = str(root / "train.txt")
@@ -52,6 +53,7 @@ def tiny_cfg(root, **overrides):
     cfg.DATA.NUM_WORKERS = 0
     cfg.TRAIN.BATCH_SIZE = 2
     cfg.TEST.BATCH_SIZE = 3
+    cfg.TRAIN.USE_VIEW2 = True
     for key, value in overrides.items():
         node = cfg
         *parents, leaf = key.split(".")

@@ -51,6 +51,13 @@ def test_train_batch_layout_and_frame_mapping(data):
     assert sorted(seen) == [0, 1, 2, 3]
 
 
+def test_view2_built_only_when_training_uses_it(data):
+    batch = next(iter(build_train_loader(tiny_cfg(data, **{"TRAIN.USE_VIEW2": False}))))
+    assert batch["imgs"].shape[1] == 1
+    batch = next(iter(build_train_loader(tiny_cfg(data, **{"DATA.NUM_VIEWS": 1}))))
+    assert batch["imgs"].shape[1] == 1
+
+
 def test_both_views_show_the_same_frames(data, monkeypatch):
     dataset = _train_dataset(data)
     # view 2 without its pixel ops keeps the flat colours: its frames must be view 1's
