@@ -39,3 +39,18 @@ def test_plot_failure_leaves_no_file(tmp_path):
 def test_safe_file_name():
     assert plots.safe_file_name("../x/y z") == "x_y_z"
     assert plots.safe_file_name("...") == "video"
+
+
+def test_write_stage_plots_from_evaluations(tmp_path):
+    from utils.metrics import evaluate_scores
+
+    lists = pytest.importorskip("datasets.lists")
+    list_file = tmp_path / "test.txt"
+    list_file.write_text("d/n1 40 0 0 40\nd/a1 64 1 10 30\n")
+    records = lists.parse_list_file(list_file)
+    clean = evaluate_scores({"n1": [0.1, 0.2], "a1": [0.2, 0.9, 0.1]}, records)
+    adversarial = evaluate_scores({"n1": [0.8, 0.9], "a1": [0.1, 0.1, 0.1]}, records)
+    paths = plots.write_stage_plots(tmp_path / "plots", {"clean": clean, "adversarial": adversarial},
+                                    title="toy", limit=None)
+    assert sorted(p.name for p in paths) == ["roc.png", "scores_a1.png", "scores_n1.png"]
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in paths)

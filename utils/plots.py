@@ -85,3 +85,24 @@ def plot_videos(out_dir, per_video, adversarial=None, limit=None):
         paths.append(plot_score_curve(Path(out_dir) / f"scores_{safe_file_name(name)}.png",
                                       entry["scores"], entry["labels"], adv, title=name))
     return paths
+
+
+def write_stage_plots(out_dir, evals, title="", limit=16):
+    """All plots of an evaluated stage under ``out_dir``; returns the written paths.
+
+    evals: {"clean": evaluate_scores result, optionally "adversarial": the same}. Writes
+    ``roc.png`` (one curve per entry whose ROC is defined) and ``scores_<video>.png`` for at
+    most ``limit`` videos (anomalous first; None = all), adversarial curves on the same axes.
+    """
+    out_dir = Path(out_dir)
+    paths = []
+    curves = {name: (e["roc"]["fpr"], e["roc"]["tpr"], e["auc_all"])
+              for name, e in evals.items() if e.get("roc") is not None}
+    if curves:
+        paths.append(plot_roc(out_dir / "roc.png", curves, title=f"ROC {title}".strip()))
+    clean = evals.get("clean")
+    if clean is not None:
+        adversarial = evals.get("adversarial")
+        paths += plot_videos(out_dir, clean["per_video"],
+                             adversarial["per_video"] if adversarial else None, limit=limit)
+    return paths
