@@ -191,3 +191,27 @@ def test_launch_argument_and_env_precedence(monkeypatch):
     assert dist.all_gather_object("x") == ["x"] and dist.get_world_size() == 1
     model = ToyVideoModel()
     assert dist.wrap_model(model, dist.current()) is model and dist.unwrap_model(model) is model
+
+
+def test_logger_console_on_rank0_only_and_file_per_rank(tmp_path, capsys):
+    import logging
+
+    from utils.logger import create_logger
+
+    rank1 = create_logger(tmp_path, rank=1, name="FrameShieldTest")
+    rank1.info("hello from rank 1")
+    assert "hello" not in capsys.readouterr().out
+    rank0 = create_logger(tmp_path, rank=0, name="FrameShieldTest")
+    rank0 = create_logger(tmp_path, rank=0, name="FrameShieldTest")  # no duplicated handlers
+    rank0.info("hello from rank 0")
+    logging.getLogger("FrameShieldTest.metrics").warning("child message")
+    out = capsys.readouterr().out
+    assert out.count("hello from rank 0") == 1 and "child message" in out
+    for handler in rank0.handlers:
+        handler.flush()
+    assert "hello from rank 1" in (tmp_path / "log_rank1.txt").read_text()
+    text0 = (tmp_path / "log_rank0.txt").read_text()
+    assert text0.count("hello from rank 0") == 1 and "child message" in text0
+    for handler in list(rank0.handlers):
+        rank0.removeHandler(handler)
+        handler.close()
