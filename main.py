@@ -7,8 +7,6 @@
 Writes OUTPUT/config.yaml, log_rank*.txt, checkpoints/{best,last}.*, results.json,
 scores.npz and plots/ (see README, "Stages").
 """
-import sys
-
 from utils.config import build_arg_parser
 
 
@@ -44,4 +42,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.stage import run_main
+
+    run_main(main)

@@ -8,8 +8,6 @@
 
 The pseudo-label file is read from ADV_TRAIN.PSEUDO_LABEL_FILE ('' = OUTPUT/pseudo_labels.json).
 """
-import sys
-
 from utils.config import build_arg_parser
 
 
@@ -57,4 +55,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.stage import run_main
+
+    run_main(main)

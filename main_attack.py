@@ -8,8 +8,6 @@ Each test segment is attacked with its ground-truth label (anomalous if any of i
 frames is). Writes OUTPUT/results.json ({"clean": {...}, "adversarial": {...}, "attack": {...}}),
 scores.npz (clean_scores and adversarial_scores) and plots/.
 """
-import sys
-
 from utils.config import build_arg_parser
 
 
@@ -61,4 +59,6 @@ def _three(metrics):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.stage import run_main
+
+    run_main(main)

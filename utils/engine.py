@@ -92,15 +92,18 @@ class TrainState:
 
     ``batch_in_epoch``: micro-batches of ``epoch`` already trained (0 at an epoch start);
     ``epoch_rng``: the RNG states at the start of ``epoch`` (to replay its data order);
-    ``rng``: the RNG states at the moment the checkpoint was taken (one per rank).
+    ``history``: metrics of every evaluation so far; ``best``: epoch and metrics of the best
+    one; ``threshold``: the score threshold chosen on the best evaluation.
     """
 
     epoch: int = 0
     step: int = 0
     batch_in_epoch: int = 0
     best_metric: float = float("-inf")
-    epoch_rng: list = field(default_factory=list)
-    rng: list = field(default_factory=list)
+    epoch_rng: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    threshold: dict = field(default_factory=dict)
 
 
 def view_clips(imgs, use_view2):
@@ -490,7 +493,6 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
         resumed_from = str(path)
     ddp_model = dist.wrap_model(model, stage.dist)
     signals.install_stop_handler()
-    history, best_eval, best_epoch, threshold = [], None, None, None
     timings = {"train_s": 0.0, "eval_s": 0.0}
     try:
         while state.epoch < cfg.TRAIN.EPOCHS:
@@ -509,37 +511,35 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
                 save_training_state(stage, "last", model, optimizer, scheduler, state)
                 logger.warning(f"stopped by a signal at epoch {state.epoch + 1}, micro-batch {state.batch_in_epoch}; "
                                f"saved {stage.output / 'checkpoints' / 'last'}; run the same command again to continue")
-                return {"stopped": True, "epoch": state.epoch, "step": state.step, "history": history}
+                return {"stopped": True, "epoch": state.epoch, "step": state.step}
             if state.epoch % cfg.SAVE_FREQ == 0 or state.epoch == cfg.TRAIN.EPOCHS:
                 started = time.time()
                 result = evaluate(ddp_model, test_loader, text_tokens, cfg, logger, desc=f"test epoch {state.epoch}")
                 timings["eval_s"] += time.time() - started
                 metrics = result["metrics"]
-                history.append({"epoch": state.epoch, "step": state.step, **metrics})
+                state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
                 value = metrics["auc_all"]
                 if np.isfinite(value) and value > state.best_metric:
                     state.best_metric = float(value)
-                    best_eval, best_epoch = result, state.epoch
-                    threshold = choose_threshold(result["eval"])
+                    state.best = {"epoch": state.epoch, **metrics}
+                    state.threshold = choose_threshold(result["eval"])
                     save_training_state(stage, "best", model, optimizer, scheduler, state,
-                                        extra={"score_threshold": threshold["f1"], "threshold": threshold,
-                                               "metrics": metrics})
+                                        extra={"score_threshold": state.threshold["f1"]})
                     logger.info(f"new best AUC@all {value:.4f} at epoch {state.epoch}; "
-                                f"score threshold (max F1) {threshold['f1']}")
+                                f"score threshold (max F1) {state.threshold['f1']}")
                     if on_best is not None:
                         on_best(result, state.epoch)
             save_training_state(stage, "last", model, optimizer, scheduler, state)
             if signals.stop_requested(sync=True):
                 logger.warning(f"stopped by a signal after epoch {state.epoch}; run the same command again to continue")
-                return {"stopped": True, "epoch": state.epoch, "step": state.step, "history": history}
+                return {"stopped": True, "epoch": state.epoch, "step": state.step}
     finally:
         signals.uninstall_stop_handler()
-    summary = {"stopped": False, "epochs": state.epoch, "steps": state.step, "history": history,
-               "best": {"epoch": best_epoch, **(best_eval["metrics"] if best_eval else {})},
-               "last": history[-1] if history else None, "threshold": threshold,
-               "resumed_from": resumed_from, "timings": timings,
-               "checkpoint": str(stage.output / "checkpoints" / "best.safetensors") if best_eval else None}
-    return summary
+    best_file = stage.output / "checkpoints" / "best.safetensors"
+    return {"stopped": False, "epochs": state.epoch, "steps": state.step, "history": state.history,
+            "best": state.best or None, "last": state.history[-1] if state.history else None,
+            "threshold": state.threshold or None, "resumed_from": resumed_from, "timings": timings,
+            "checkpoint": str(best_file) if state.best else None}
 
 
 def resume_checkpoint_path(stage):
@@ -562,7 +562,8 @@ def save_training_state(stage, tag, model, optimizer, scheduler, state: TrainSta
     epoch_rngs = dist.all_gather_object(state.epoch_rng)
     if dist.is_main_process():
         payload = {"batch_in_epoch": state.batch_in_epoch, "rng": rngs, "epoch_rng": epoch_rngs,
-                   "world_size": dist.get_world_size(), **(extra or {})}
+                   "world_size": dist.get_world_size(), "history": state.history, "best": state.best,
+                   "threshold": state.threshold, **(extra or {})}
         ckpt.save_checkpoint(str(stage.output), tag, dist.unwrap_model(model), optimizer, scheduler, state.epoch,
                              state.step, state.best_metric, stage.cfg, extra=payload)
     dist.barrier()
@@ -576,7 +577,9 @@ def load_training_state(path, model, optimizer, scheduler, logger):
     extra = meta.get("extra", meta)
     state = TrainState(epoch=int(meta["epoch"]), step=int(meta["step"]),
                        batch_in_epoch=int(extra.get("batch_in_epoch", 0)),
-                       best_metric=float(meta.get("best_metric", float("-inf"))))
+                       best_metric=float(meta.get("best_metric", float("-inf"))),
+                       history=list(extra.get("history", [])), best=dict(extra.get("best", {})),
+                       threshold=dict(extra.get("threshold", {})))
     rank, world = dist.get_rank(), dist.get_world_size()
     rngs, epoch_rngs = extra.get("rng"), extra.get("epoch_rng")
     resume_rng = None

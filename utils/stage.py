@@ -245,12 +245,22 @@ def read_scores(path) -> dict:
 
 
 def write_plots(stage: Stage, evals: dict, title: str) -> list:
-    """ROC curve(s) and per-video score curves (rank 0) under OUTPUT/plots; returns the paths."""
+    """OUTPUT/plots/roc.png (one curve per set) and plots/videos/scores_<video>.png (rank 0).
+
+    evals: {"clean": evaluate_scores result[, "adversarial": ...]}; the adversarial frame
+    scores are drawn on the same axes as the clean ones. Returns the written paths.
+    """
     if not stage.is_main:
         return []
     from utils import plots
 
-    return plots.write_stage_plots(stage.output / "plots", evals, title=title)
+    folder = stage.output / "plots"
+    curves = {name: (r["roc"]["fpr"], r["roc"]["tpr"], r["auc_all"]) for name, r in evals.items() if r["roc"]}
+    paths = [plots.plot_roc(folder / "roc.png", curves, title=title)] if curves else []
+    adversarial = evals.get("adversarial", {}).get("per_video")
+    paths += plots.plot_videos(folder / "videos", evals["clean"]["per_video"], adversarial=adversarial)
+    stage.logger.info(f"wrote {len(paths)} plot(s) under {folder}")
+    return paths
 
 
 def weights_to_test(stage: Stage):
@@ -281,3 +291,24 @@ def report_training(stage: Stage, summary: dict, best_result) -> dict:
         write_plots(stage, {"clean": best_result["eval"]}, title=f"{stage.name}: best epoch {summary['best']['epoch']}")
     write_results(stage, summary)
     return summary
+
+
+def run_main(main) -> None:
+    """Run an entry script's ``main()`` and exit with its code; a FrameShieldError (a problem
+    the user can fix: config, lists, data, checkpoint, a diverging loss) ends the process with
+    its message and exit code 2 instead of a traceback."""
+    import logging
+    import sys
+
+    from utils.errors import FrameShieldError
+
+    try:
+        code = main()
+    except FrameShieldError as err:
+        logger = logging.getLogger("FrameShield")
+        if logger.handlers:
+            logger.error(f"{type(err).__name__}: {err}")
+        else:
+            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
