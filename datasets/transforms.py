@@ -4,7 +4,9 @@ Every transform takes one clip ``uint8 [T, 3, H, W]`` and draws its random param
 for the whole clip, so all frames of a clip get the same crop, jitter and RandAugment ops
 (v2 transforms treat the leading dims as a batch of images sharing one draw). Randomness
 comes from torch's global RNG, which the dataset seeds per item (see video_dataset.py).
-Pixels stay uint8 until the last step, which returns float in [0, 1].
+Pixels stay uint8 until the last step, which returns float in [0, 1]: ``view(clip)``
+returns float, ``view.apply_uint8(clip)`` the uint8 result before that step (the datasets
+convert straight into their output buffer, saving a full-size copy per item).
 
 - view 1 / test: resize the short side to ``int(256 / 224 * size)``, centre crop ``size``.
 - view 2: multi-scale crop (X-CLIP's MultiScaleCrop: side lengths from scales 1, .875,
@@ -50,11 +52,14 @@ class CenterView:
         self.short = resize_short_side(size)
 
     def __call__(self, clip):
+        return to_unit_float(self.apply_uint8(clip))
+
+    def apply_uint8(self, clip):
         h, w = clip.shape[-2:]
         scale = min(h, w) / self.short  # original pixels per resized pixel
         crop = self.size * scale
-        return to_unit_float(_crop_resize(clip, round((h - crop) / 2), round((w - crop) / 2),
-                                          round(crop), round(crop), self.size))
+        return _crop_resize(clip, round((h - crop) / 2), round((w - crop) / 2), round(crop), round(crop),
+                            self.size)
 
 
 class ThreeCropView:
@@ -67,6 +72,9 @@ class ThreeCropView:
         self.size = size
 
     def __call__(self, clip):
+        return to_unit_float(self.apply_uint8(clip))
+
+    def apply_uint8(self, clip):
         h, w = clip.shape[-2:]
         side = min(h, w)
         long_side = max(h, w)
@@ -74,7 +82,7 @@ class ThreeCropView:
         for offset in (0, (long_side - side) / 2, long_side - side):
             top, left = (offset, 0) if h > w else (0, offset)
             crops.append(_crop_resize(clip, round(top), round(left), side, side, self.size))
-        return to_unit_float(torch.stack(crops))
+        return torch.stack(crops)
 
 
 class MultiScaleCrop:
@@ -124,7 +132,10 @@ class AugmentedView:
         ])
 
     def __call__(self, clip):
-        return to_unit_float(self.pixel_ops(self.crop(clip)))
+        return to_unit_float(self.apply_uint8(clip))
+
+    def apply_uint8(self, clip):
+        return self.pixel_ops(self.crop(clip))
 
 
 def num_train_views(cfg):

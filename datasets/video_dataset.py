@@ -155,7 +155,7 @@ class TrainVideoDataset(_ListDataset):
             clips, pa_labels = self._apply_srd(vid, epoch, clips, inds)
 
         with seeded_global_rngs(self.item_seed(vid, epoch, _TAG_AUGMENT)):
-            imgs = torch.stack([self._view(view, clips) for view in self.views])
+            imgs = self._views(clips)
         return {
             "imgs": imgs,
             "label": torch.tensor(int(record.is_anomalous), dtype=torch.long),
@@ -178,13 +178,18 @@ class TrainVideoDataset(_ListDataset):
         clips, pa_labels, _ = srd.apply_srd(clips, generator, saliency=saliency, **self.srd_options)
         return clips, pa_labels.to(torch.long)
 
-    def _view(self, view, clips):
-        """``[K, T, 3, S, S]``: one transform call per clip (each clip draws its own params)."""
-        if not view.random:
-            k, t = clips.shape[:2]
-            out = view(clips.reshape(k * t, *clips.shape[2:]))
-            return out.view(k, t, *out.shape[1:])
-        return torch.stack([view(clip) for clip in clips])
+    def _views(self, clips):
+        """``float [A, K, T, 3, S, S]`` in [0, 1]: each view converted straight into the output."""
+        k, t = clips.shape[:2]
+        size = self.views[0].size
+        imgs = torch.empty((len(self.views), k, t, 3, size, size), dtype=torch.float32)
+        for out, view in zip(imgs, self.views):
+            if view.random:  # one draw per clip
+                for out_clip, clip in zip(out, clips):
+                    out_clip.copy_(view.apply_uint8(clip))
+            else:
+                out.view(k * t, 3, size, size).copy_(view.apply_uint8(clips.reshape(k * t, *clips.shape[2:])))
+        return imgs.div_(255.0)
 
 
 class SegmentDataset(_ListDataset):
