@@ -61,19 +61,9 @@ def _randint(g: torch.Generator, low: int, high: int) -> int:
 
 # ----------------------------------------------------------------------------- filters
 def _gaussian_kernel1d(sigma: float, radius: int) -> torch.Tensor:
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
-
-
-def _band_matrix(n_out: int, n_in: int, kernel: torch.Tensor) -> torch.Tensor:
-    """Matrix ``[n_out, n_in]`` of a 'valid' convolution with ``kernel`` (n_in = n_out + taps - 1).
-
-    For long kernels two small matrix products blur much faster on CPU than a depthwise conv2d.
-    """
-    taps = kernel.numel()
-    cols = torch.arange(n_out)[:, None] + torch.arange(taps)[None, :]
-    return torch.zeros(n_out, n_in).scatter_(1, cols, kernel.expand(n_out, taps).contiguous())
 
 
 def _reflect_index(n: int, r: int) -> torch.Tensor:
@@ -84,25 +74,32 @@ def _reflect_index(n: int, r: int) -> torch.Tensor:
     return torch.where(src >= n, period - src, src)
 
 
-def _blur(img: torch.Tensor, kernel: torch.Tensor, reflect: bool) -> torch.Tensor:
-    """Blur ``img [C, h, w]`` with a 1-D kernel along both axes.
+@functools.lru_cache(maxsize=256)
+def _blur_matrix(n: int, sigma: float, radius: int, valid: bool) -> torch.Tensor:
+    """Matrix applying a 1-D Gaussian along an axis of output length ``n``.
 
-    ``reflect=False``: 'valid' output (smaller by ``len(kernel) - 1``), two matrix products
-    (see :func:`_band_matrix`; fastest for long kernels). ``reflect=True``: same size,
-    reflect-101 borders, shift-and-add over the taps (fastest for short kernels).
+    ``valid=True``: ``[n, n + 2*radius]``, a 'valid' convolution of a longer input.
+    ``valid=False``: ``[n, n]``, same size, reflect-101 borders folded into the matrix.
+    Blurring a patch by two small matrix products is several times faster on CPU than
+    a depthwise conv2d; matrices are cached per size (patch sides take few values).
     """
-    h, w = img.shape[-2:]
+    kernel = _gaussian_kernel1d(sigma, radius)
     taps = kernel.numel()
-    if not reflect:
-        rows = _band_matrix(h - taps + 1, h, kernel)
-        cols = _band_matrix(w - taps + 1, w, kernel)
-        return rows @ img @ cols.T
-    r = taps // 2
-    weights = kernel.tolist()
-    padded = img.index_select(-1, _reflect_index(w, r))
-    out = sum(wt * padded[..., j:j + w] for j, wt in enumerate(weights))
-    padded = out.index_select(-2, _reflect_index(h, r))
-    return sum(wt * padded[..., j:j + h, :] for j, wt in enumerate(weights))
+    cols = torch.arange(n)[:, None] + torch.arange(taps)[None, :]
+    weights = kernel.expand(n, taps).contiguous()
+    band = torch.zeros(n, n + taps - 1, dtype=torch.float64).scatter_(1, cols, weights)
+    if not valid:
+        band = torch.zeros(n, n, dtype=torch.float64).index_add_(1, _reflect_index(n, radius), band)
+    return band.float()
+
+
+def _blur(img: torch.Tensor, sigma: float, radius: int, valid: bool) -> torch.Tensor:
+    """Gaussian-blur ``img [C, h, w]`` along both axes (output ``[C, h-2r, w-2r]`` if ``valid``)."""
+    h, w = img.shape[-2:]
+    grow = 2 * radius if valid else 0
+    rows = _blur_matrix(h - grow, float(sigma), radius, valid)
+    cols = _blur_matrix(w - grow, float(sigma), radius, valid)
+    return rows @ img @ cols.T
 
 
 def _pixel_grid(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +129,7 @@ def elastic(patch, g, level, scale):
     alpha = level["alpha"] * scale
     r = max(int(math.ceil(3.0 * sigma)), 1)  # kernel cut at 3 sigma
     noise = torch.rand((2, h + 2 * r, w + 2 * r), generator=g) * 2.0 - 1.0
-    field = _blur(noise, _gaussian_kernel1d(sigma, r), reflect=False) * alpha
+    field = _blur(noise, sigma, r, valid=True) * alpha
     xs, ys = _pixel_grid(h, w)
     return _sample_at(patch, xs + field[0], ys + field[1], padding="reflection")
 
@@ -217,7 +214,7 @@ def gaussian_blur(patch, g, level, scale):
     """Gaussian blur; kernel size from the level (scaled, odd, >= 3), sigma by OpenCV's rule."""
     k = max(3, int(round(level["blur"] * scale)) | 1)
     sigma = 0.3 * ((k - 1) * 0.5 - 1.0) + 0.8
-    return _blur(patch, _gaussian_kernel1d(sigma, k // 2), reflect=True)
+    return _blur(patch, sigma, k // 2, valid=False)
 
 
 DISTORTIONS = {

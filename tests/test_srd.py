@@ -36,6 +36,25 @@ def _fresh_warnings():
     srd._warned.clear()
 
 
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def srd_warnings():
+    """Warnings logged by datasets.srd, whatever handlers/propagation the project logger has."""
+    handler = _Collect()
+    log = logging.getLogger("FrameShield.srd")
+    log.addHandler(handler)
+    yield handler.messages
+    log.removeHandler(handler)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_only_the_contiguous_run_is_labelled_and_changed(seed):
     clips = _clips(k=8)
@@ -135,7 +154,8 @@ def test_patch_moves_along_a_line_at_the_drawn_speed_and_stays_in_frame(seed, si
 def test_patch_really_moves_between_frames():
     moved = 0
     for seed in range(10):
-        _, _, boxes, plan = srd.apply_srd_with_plan(_clips(k=4, t=5, h=224, w=224), torch.Generator().manual_seed(seed), force=True)
+        g = torch.Generator().manual_seed(seed)
+        _, _, boxes, plan = srd.apply_srd_with_plan(_clips(k=4, t=5, h=224, w=224), g, force=True)
         run = boxes[plan.start:plan.start + plan.length].reshape(-1, 4)
         if len(run) > 1:
             moved += int((run[1:, :2] != run[:-1, :2]).any())
@@ -155,7 +175,8 @@ def test_each_distortion_changes_the_patch_and_stays_in_range(name, severity):
 def test_distortions_handle_tiny_patches():
     for name in srd.DISTORTION_NAMES:
         for shape in [(3, 1, 1), (3, 2, 7), (3, 6, 3)]:
-            out = srd.DISTORTIONS[name](torch.rand(shape), torch.Generator().manual_seed(0), srd.LEVELS["heavy"], 0.3)
+            g = torch.Generator().manual_seed(0)
+            out = srd.DISTORTIONS[name](torch.rand(shape), g, srd.LEVELS["heavy"], 0.3)
             assert out.shape == shape and torch.isfinite(out).all()
 
 
@@ -209,8 +230,9 @@ def test_gradcam_mode_puts_the_region_inside_the_salient_blob(seed):
     saliency = torch.zeros(32, 48)  # half resolution: resized to the frame
     saliency[2:10, 30:46] = 0.9  # largest blob -> frame rows 4..20, cols 60..92
     saliency[20:24, 2:6] = 0.8  # a smaller blob that must be ignored
-    _, _, boxes, plan = srd.apply_srd_with_plan(_clips(k=3, t=2, h=h, w=w), torch.Generator().manual_seed(seed),
-                                                force=True, mode="gradcam", saliency=saliency)
+    g = torch.Generator().manual_seed(seed)
+    _, _, boxes, plan = srd.apply_srd_with_plan(_clips(k=3, t=2, h=h, w=w), g, force=True,
+                                                mode="gradcam", saliency=saliency)
     assert plan.region == "gradcam"
     x0, y0, pw, ph = plan.box
     assert 57 <= x0 and x0 + pw <= 95 and 1 <= y0 and y0 + ph <= 23
@@ -227,24 +249,22 @@ def test_gradcam_mode_uses_the_first_selected_clips_map():
         assert plan.box[0] + plan.box[2] <= 9 and plan.box[1] + plan.box[3] <= 9
 
 
-def test_gradcam_mode_without_a_mask_falls_back_to_center_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="FrameShield.srd"):
-        out, pa, boxes, plan = srd.apply_srd_with_plan(_clips(), torch.Generator().manual_seed(0),
-                                                       force=True, mode="gradcam", saliency=None)
+def test_gradcam_mode_without_a_mask_falls_back_to_center_with_a_warning(srd_warnings):
+    out, pa, boxes, plan = srd.apply_srd_with_plan(_clips(), torch.Generator().manual_seed(0),
+                                                   force=True, mode="gradcam", saliency=None)
     assert plan.region == "center-fallback" and pa.any()
-    assert any("center region" in r.getMessage() for r in caplog.records)
+    assert any("center region" in m for m in srd_warnings)
     centered = srd.apply_srd_with_plan(_clips(), torch.Generator().manual_seed(0), force=True)[3]
     assert centered.box == plan.box  # same draws as center mode
 
 
-def test_gradcam_mode_with_an_empty_mask_falls_back(caplog):
-    with caplog.at_level(logging.WARNING, logger="FrameShield.srd"):
-        plan = srd.plan_srd((3, 2, 3, 32, 32), torch.Generator().manual_seed(0), mode="gradcam",
-                            saliency=torch.zeros(16, 16, dtype=torch.uint8))
-    assert plan.region == "center-fallback" and caplog.records
+def test_gradcam_mode_with_an_empty_mask_falls_back(srd_warnings):
+    plan = srd.plan_srd((3, 2, 3, 32, 32), torch.Generator().manual_seed(0), mode="gradcam",
+                        saliency=torch.zeros(16, 16, dtype=torch.uint8))
+    assert plan.region == "center-fallback" and srd_warnings
 
 
-def test_load_saliency_reads_png_masks_with_nearest_frame(tmp_path, caplog):
+def test_load_saliency_reads_png_masks_with_nearest_frame(tmp_path, srd_warnings):
     folder = tmp_path / "Normal" / "vid_001"
     folder.mkdir(parents=True)
     for idx, value in [(0, 10), (12, 120), (24, 250)]:
@@ -254,9 +274,8 @@ def test_load_saliency_reads_png_masks_with_nearest_frame(tmp_path, caplog):
     sal = srd.load_saliency(tmp_path, "Normal/vid_001", frame_inds)
     assert sal.shape == (3, 8, 10) and sal.dtype == torch.float32
     assert torch.allclose(sal[:, 0, 0], torch.tensor([10, 120, 250]) / 255.0)
-    with caplog.at_level(logging.WARNING, logger="FrameShield.srd"):
-        assert srd.load_saliency(tmp_path, "Normal/missing", frame_inds) is None
-    assert any("Normal/missing" in r.getMessage() for r in caplog.records)
+    assert srd.load_saliency(tmp_path, "Normal/missing", frame_inds) is None
+    assert any("Normal/missing" in m for m in srd_warnings)
     with pytest.raises(DataError):
         srd.mask_path(tmp_path, "../escape", 0)
 
