@@ -1,0 +1,178 @@
+"""End to end: the three stage scripts on the "small" synthetic dataset with the tiny model.
+
+Each stage runs in this process through its ``main(argv)`` (the same code path as the
+command line, without a new interpreter per run) on the CI configs in configs/synthetic/.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import main as promptmil_main
+import main_advtrain
+import main_attack
+from utils import engine, signals
+from utils.errors import ConfigError
+from utils.stage import read_scores
+
+pytestmark = pytest.mark.slow
+
+CI = "configs/synthetic/synthetic_ci.yaml"
+CI_ADV = "configs/synthetic/synthetic_ci_advtrain.yaml"
+CI_ATTACK = "configs/synthetic/synthetic_ci_attack.yaml"
+
+
+@pytest.fixture(scope="module")
+def data_opts(tmp_path_factory):
+    from datasets.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(root, preset="small", seed=0)
+    return ["DATA.ROOT", str(root), "DATA.TRAIN_FILE", str(root / "train.txt"),
+            "DATA.VAL_FILE", str(root / "test.txt")]
+
+
+def run(entry, config, output, data_opts, *flags, opts=()):
+    argv = ["-cfg", config, "--output", str(output), *flags, "--opts", *data_opts, *opts]
+    assert entry.main(argv) == 0
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, data_opts):
+    """One epoch of PromptMIL training; returns its output folder."""
+    out = tmp_path_factory.mktemp("promptmil")
+    run(promptmil_main, CI, out, data_opts)
+    return out
+
+
+def test_promptmil_trains_and_tests(stage1, data_opts, tmp_path):
+    results = json.loads((stage1 / "results.json").read_text())
+    assert results["stage"] == "promptmil" and results["epochs"] == 1 and results["steps"] == 3
+    assert len(results["history"]) == 1 and results["best"]["epoch"] == 1
+    assert 0.0 <= results["best"]["auc_all"] <= 1.0
+    best = stage1 / "checkpoints" / "best.safetensors"
+    assert results["checkpoint"] == str(best)
+    state = torch.load(stage1 / "checkpoints" / "best.state.pt", weights_only=True)
+    assert state["extra"]["score_threshold"] == pytest.approx(results["threshold"]["f1"])
+    scores = read_scores(stage1 / "scores.npz")
+    assert len(scores["videos"]) == 8 and scores["clean_scores"].shape == scores["seg_starts"].shape
+    assert (stage1 / "config.yaml").is_file() and (stage1 / "log_rank0.txt").is_file()
+
+    # --only_test of the best checkpoint reproduces the metrics of its evaluation in training
+    run(promptmil_main, CI, tmp_path, data_opts, "--only_test", "--pretrained", str(best))
+    tested = json.loads((tmp_path / "results.json").read_text())
+    assert tested["test"]["auc_all"] == pytest.approx(results["best"]["auc_all"], abs=1e-6)
+    assert tested["checkpoint"] == str(best)
+    assert (tmp_path / "plots" / "roc.png").is_file() and list((tmp_path / "plots" / "videos").glob("*.png"))
+    np.testing.assert_allclose(read_scores(tmp_path / "scores.npz")["clean_scores"], scores["clean_scores"],
+                               atol=1e-6)
+
+
+def test_pseudo_labels_then_adversarial_training(stage1, data_opts, tmp_path, monkeypatch):
+    best = str(stage1 / "checkpoints" / "best.safetensors")
+    srd_always = ["ADV_TRAIN.SRD_PROB", "1.0"]  # SRD on every normal video, in both runs (same config)
+    run(main_advtrain, CI_ADV, tmp_path, data_opts, "--only_test", "--pretrained", best, opts=srd_always)
+    labels = json.loads((tmp_path / "pseudo_labels.json").read_text())
+    train_paths = [line.split()[0] for line in open(data_opts[3])]
+    assert sorted(labels) == sorted(train_paths)  # keyed by video path, every training video
+    entry = next(iter(labels.values()))
+    assert len(entry["frame_inds"]) == len(entry["labels"]) and len(entry["frame_inds"][0]) == 2
+
+    # make sure SRD runs and both label sources show up in the clip labels the step uses
+    seen = []
+    original = engine.advtrain_clip_labels
+
+    def spy(batch, cfg, pseudo=None):
+        out = original(batch, cfg, pseudo)
+        seen.append((batch, out))
+        return out
+
+    monkeypatch.setattr(engine, "advtrain_clip_labels", spy)
+    run(main_advtrain, CI_ADV, tmp_path, data_opts, "--pretrained", best, opts=srd_always)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["stage"] == "advtrain" and results["epochs"] == 1
+    assert results["pseudo_labels"] == str(tmp_path / "pseudo_labels.json")
+    assert (tmp_path / "checkpoints" / "last.safetensors").is_file()
+    srd_videos = anomalous_videos = 0
+    for batch, clip_labels in seen:
+        for i, video_label in enumerate(batch["label"].tolist()):
+            if video_label == 0:
+                expected = batch["pa_labels"][i] if batch["srd_applied"][i] else torch.zeros_like(clip_labels[i])
+                srd_videos += int(batch["srd_applied"][i])
+                assert torch.equal(clip_labels[i], expected.long())
+            else:
+                anomalous_videos += 1
+                entry = labels[batch["path"][i]]
+                centres = np.array(entry["frame_inds"]).mean(axis=1)
+                for k, clip in enumerate(batch["frame_inds"][i].tolist()):
+                    nearest = int(np.argmin(np.abs(centres - np.mean(clip))))
+                    assert clip_labels[i, k] == int(entry["labels"][nearest] > 0)
+    assert srd_videos > 0 and anomalous_videos > 0
+
+
+def test_attack_reports_clean_and_adversarial(stage1, data_opts, tmp_path):
+    best = str(stage1 / "checkpoints" / "best.safetensors")
+    run(main_attack, CI_ATTACK, tmp_path, data_opts, "--pretrained", best, opts=["ATTACK.STEPS", "3"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("clean", "adversarial"):
+        assert set(results[key]) == {"auc_all", "auc_ano", "ap"}
+    assert results["attack"]["steps"] == 3 and results["attack"]["eps_255"] == pytest.approx(2.0)
+    assert results["checkpoint"] == best and results["segments_per_s"] > 0
+    assert {"config", "timings"} <= set(results)
+    # the attack pushes normal segments up and anomalous ones down: the AUC falls
+    assert results["adversarial"]["auc_all"] < results["clean"]["auc_all"]
+    scores = read_scores(tmp_path / "scores.npz")
+    assert not np.allclose(scores["clean_scores"], scores["adversarial_scores"])
+    assert (tmp_path / "plots" / "roc.png").is_file()
+
+
+def test_resume_after_stop_equals_uninterrupted(data_opts, tmp_path, monkeypatch):
+    opts = ["TRAIN.EPOCHS", "2"]
+    run(promptmil_main, CI, tmp_path / "full", data_opts, opts=opts)
+
+    calls = {"n": 0}
+    original = engine.promptmil_step
+
+    def stop_after_four(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # micro-batch 4 of 6 in epoch 1 (an optimizer-step boundary)
+            signals.request_stop()
+        return original(*args)
+
+    monkeypatch.setattr(engine, "promptmil_step", stop_after_four)
+    try:
+        run(promptmil_main, CI, tmp_path / "stopped", data_opts, opts=opts)
+    finally:
+        signals.reset_stop()
+    monkeypatch.setattr(engine, "promptmil_step", original)
+    state = torch.load(tmp_path / "stopped" / "checkpoints" / "last.state.pt", weights_only=True)
+    assert (state["epoch"], state["step"], state["extra"]["batch_in_epoch"]) == (0, 2, 4)
+    assert not (tmp_path / "stopped" / "results.json").exists()
+
+    run(promptmil_main, CI, tmp_path / "stopped", data_opts, opts=opts)  # same folder + config: resumes
+    full = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    resumed = load_file(tmp_path / "stopped" / "checkpoints" / "last.safetensors")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0, msg=key)
+    a = json.loads((tmp_path / "full" / "results.json").read_text())
+    b = json.loads((tmp_path / "stopped" / "results.json").read_text())
+    assert b["resumed_from"] and [h["auc_all"] for h in a["history"]] == [h["auc_all"] for h in b["history"]]
+
+
+def test_output_folder_of_another_run_is_refused(stage1, data_opts, tmp_path):
+    (tmp_path / "config.yaml").write_text((stage1 / "config.yaml").read_text())
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(ConfigError, match="TRAIN.LR"):
+        run(promptmil_main, CI, tmp_path, data_opts, "--only_test", opts=["TRAIN.LR", "1e-3"])
+    run(promptmil_main, CI, tmp_path, data_opts, "--only_test", "--overwrite", opts=["TRAIN.LR", "1e-3"])
+    assert "test" in json.loads((tmp_path / "results.json").read_text())
+
+
+def test_missing_pseudo_labels_name_the_fix(data_opts, tmp_path):
+    from utils.errors import DataError
+
+    with pytest.raises(DataError, match="genlabels"):
+        run(main_advtrain, CI_ADV, tmp_path, data_opts)
