@@ -13,6 +13,7 @@ Supported inputs of ``read_state_dict(path) -> (state_dict, meta)``:
 """
 import _compat_pickle
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -124,11 +125,16 @@ class ScriptModuleStub:
 
 
 class TorchScriptReader:
-    """Collect the tensors of a TorchScript archive's module tree as a state dict.
+    """Collect the weights of a TorchScript archive's module tree as a state dict.
 
     ``data.pkl`` describes the module tree as ``__torch__.*`` objects whose attributes are
     submodules and tensors; tensor bytes live in ``<prefix>/data/<key>``. Only inert stubs,
-    OrderedDict and the tensor rebuild function are admitted while unpickling.
+    OrderedDict and the tensor rebuild function are admitted while unpickling. Which tensor
+    attributes are weights (parameters and buffers, as ``state_dict()`` would list them) is
+    read from the ``__parameters__`` / ``__buffers__`` lines of each class in the archive's
+    ``code/`` files, parsed as text and never executed; plain tensor attributes of scripted
+    modules (such as a stored attention mask) are left out. A class without such a
+    declaration contributes all its tensor attributes, which strict loading then checks.
     """
 
     def __init__(self, path: Path):
@@ -142,11 +148,35 @@ class TorchScriptReader:
             if order in names and archive.read(order).strip() != b"little":
                 raise CheckpointError(f"{self.path}: big-endian TorchScript archives are "
                                       f"not supported")
-            root = _ScriptUnpickler(archive, self.prefix,
-                                    archive.read(f"{self.prefix}/data.pkl")).load()
+            unpickler = _ScriptUnpickler(archive, self.prefix,
+                                         archive.read(f"{self.prefix}/data.pkl"))
+            root = unpickler.load()
+            weights = {key: _declared_weights(archive, self.prefix, key)
+                       for key in unpickler.stub_classes}
         state = {}
-        _collect_tensors(root, "", state)
+        _collect_tensors(root, "", state, weights)
         return state
+
+
+_DECLARATION = re.compile(r"^  (__parameters__|__buffers__) = \[(.*?)\]", re.MULTILINE)
+
+
+def _declared_weights(archive: zipfile.ZipFile, prefix: str, class_key: str):
+    """Names in a class's ``__parameters__`` + ``__buffers__``, or None when not declared."""
+    module, _, name = class_key.rpartition(".")
+    source_name = f"{prefix}/code/{module.replace('.', '/')}.py"
+    if source_name not in archive.namelist():
+        return None
+    source = archive.read(source_name).decode("utf-8", errors="replace")
+    match = re.search(rf"^class {re.escape(name)}\(Module\):\n((?:  .*\n|\n)*)", source,
+                      re.MULTILINE)
+    if match is None:
+        return None
+    found = _DECLARATION.findall(match.group(1))
+    if len(found) != 2:
+        return None
+    return {item.strip().strip('"') for _, items in found for item in items.split(",")
+            if item.strip()}
 
 
 class _ScriptUnpickler(pickle.Unpickler):
@@ -190,10 +220,11 @@ class _ScriptUnpickler(pickle.Unpickler):
         return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
-def _collect_tensors(obj, prefix: str, out: dict) -> None:
-    """Walk stub attributes depth-first, naming tensors by their attribute path."""
+def _collect_tensors(obj, prefix: str, out: dict, weights: dict) -> None:
+    """Walk stub attributes depth-first, naming weight tensors by their attribute path."""
+    declared = weights.get(type(obj).script_class)
     for name, value in vars(obj).items():
-        if torch.is_tensor(value):
+        if torch.is_tensor(value) and (declared is None or name in declared):
             out[prefix + name] = value
         elif isinstance(value, ScriptModuleStub):
-            _collect_tensors(value, f"{prefix}{name}.", out)
+            _collect_tensors(value, f"{prefix}{name}.", out, weights)

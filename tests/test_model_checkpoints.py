@@ -227,3 +227,26 @@ def test_truncated_and_corrupt_files(tmp_path):
             read_state_dict(tmp_path / name)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_state_dict(tmp_path / "missing.pth")
+
+
+class MaskedLinear(torch.nn.Module):
+    """A scriptable module with a parameter, a buffer and a plain tensor attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+        self.register_buffer("scale", torch.ones(3))
+        self.attn_mask = torch.ones(3, 3)
+
+    def forward(self, x):
+        return (self.lin(x) * self.scale) @ self.attn_mask
+
+
+def test_scripted_archive_keeps_only_parameters_and_buffers(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(MaskedLinear())
+    scripted.save(str(tmp_path / "scripted.pt"))
+    state, _ = read_state_dict(tmp_path / "scripted.pt")
+    assert sorted(state) == ["lin.bias", "lin.weight", "scale"]  # no attn_mask
+    assert torch.equal(state["lin.weight"], scripted.lin.weight)
