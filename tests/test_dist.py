@@ -34,10 +34,13 @@ def train(info):
     Every rank takes its contiguous share of the videos of each global micro-batch.
     Returns the final parameters (of the unwrapped model).
     """
-    from utils import dist, losses, optim
+    from utils import attacks, dist, losses, optim
 
     torch.manual_seed(0)
     model = dist.wrap_model(ToyVideoModel(dropout=0.0), info)
+    # an attack on the wrapped model must neither sync nor leave gradients behind
+    attacks.pgd(model, random_videos(2, torch.Generator().manual_seed(7)), text_tokens(),
+                torch.tensor([0, 1]), eps=4 / 255, steps=2)
     cfg = NS(TRAIN=NS(OPTIMIZER="adamw", LR=1e-2, WEIGHT_DECAY=0.01, LR_SCHEDULER="cosine",
                       EPOCHS=STEPS, WARMUP_EPOCHS=0))
     opt = optim.build_optimizer(cfg, model)
@@ -189,6 +192,11 @@ def test_launch_argument_and_env_precedence(monkeypatch):
         dist.init_distributed(use_cuda=False)
     dist.cleanup()
     assert dist.all_gather_object("x") == ["x"] and dist.get_world_size() == 1
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="only 1 GPU"):
+        dist.init_distributed(use_cuda=True)
     model = ToyVideoModel()
     assert dist.wrap_model(model, dist.current()) is model and dist.unwrap_model(model) is model
 
