@@ -184,7 +184,7 @@ def test_launch_argument_and_env_precedence(monkeypatch):
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    assert dist.init_distributed(local_rank_arg=0, use_cuda=False).local_rank == 0
+    assert dist.init_distributed(local_rank_arg=1, use_cuda=False).local_rank == 1  # --local-rank
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert dist.init_distributed(local_rank_arg=3, use_cuda=False).local_rank == 0
     monkeypatch.setenv("WORLD_SIZE", "2")
