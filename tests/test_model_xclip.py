@@ -118,3 +118,21 @@ def test_text_features_not_cached_when_text_is_trained(tokens):
     model = tiny(fix_text=False)
     model(video(), tokens)
     assert model._text_cache is None
+
+
+def test_tiny_model_learns_a_colour_cue(tokens):
+    """End-to-end training sanity: 15 AdamW steps separate red clips from random ones."""
+    model = tiny().train()
+    clips = video(batch=4)
+    labels = torch.tensor([0, 1, 0, 1])
+    clips[labels == 1, :, 0] = 1.0  # "abnormal" clips have a saturated red channel
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss = F.cross_entropy(model(clips, tokens)["y"], labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    assert (model(clips, tokens)["y"].argmax(-1) == labels).all()
