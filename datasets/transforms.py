@@ -135,7 +135,16 @@ class AugmentedView:
         return to_unit_float(self.apply_uint8(clip))
 
     def apply_uint8(self, clip):
-        return self.pixel_ops(self.crop(clip))
+        top, left, height, width = (round(v) for v in self.crop.params(*clip.shape[-2:]))
+        height, width = max(1, height), max(1, width)
+        if height * width >= self.size * self.size:
+            return self.pixel_ops(_crop_resize(clip, top, left, height, width, self.size))
+        # an upsampled crop (small source frames): the pixel ops run on the crop at its own
+        # resolution and the result is upsampled, ~(size^2 / crop area) times cheaper. The
+        # ops are per-pixel colour maps, histogram ops and geometric ops whose magnitudes
+        # are relative to the image size, so the order changes only rounding.
+        cut = self.pixel_ops(clip[..., top:top + height, left:left + width])
+        return F.resize(cut, [self.size, self.size], antialias=True)
 
 
 def num_train_views(cfg):

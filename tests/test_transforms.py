@@ -1,4 +1,5 @@
 """Per-clip transforms: shapes, value range, one random draw per clip."""
+import pytest
 import torch
 
 from datasets.transforms import (AugmentedView, CenterView, MultiScaleCrop, ThreeCropView,
@@ -41,13 +42,14 @@ def test_three_crop_view_along_long_side():
     assert torch.allclose(means, torch.tensor([50.0, 150.0, 250.0]), atol=2)
 
 
-def test_augmented_view_same_params_for_all_frames_of_a_clip():
-    view = AugmentedView(32, color_jitter=1.0, gray_scale=0.5)
+@pytest.mark.parametrize("size", [32, 96])  # crops downsampled / upsampled (pixel ops before resize)
+def test_augmented_view_same_params_for_all_frames_of_a_clip(size):
+    view = AugmentedView(size, color_jitter=1.0, gray_scale=0.5)
     clip = _clip_of_identical_frames()
     torch.manual_seed(0)
     outputs = [view(clip) for _ in range(12)]
     for out in outputs:
-        assert out.shape == (4, 3, 32, 32) and out.dtype == torch.float32
+        assert out.shape == (4, 3, size, size) and out.dtype == torch.float32
         assert 0.0 <= out.min() and out.max() <= 1.0
         # identical input frames stay identical: crop, jitter, grayscale and RandAugment
         # were drawn once for the clip
