@@ -16,7 +16,6 @@ Run: ``python -m benchmarks.bench_loader [--workers 0 1 2] [--batches 6] [--json
 Results on the development machine are in docs/bench_loader.md.
 """
 import argparse
-import json
 import os
 import platform
 import tempfile

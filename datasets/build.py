@@ -16,7 +16,7 @@ seeds torch/numpy/random from (SEED, rank, worker id, epoch) at start; item rand
 seeded per item (see datasets.video_dataset).
 """
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from datasets.lists import parse_list_file
 from datasets.video_dataset import (_TAG_WORKER, SegmentDataset, TrainVideoDataset, derive_seed,
@@ -94,12 +94,6 @@ class WorkerInit:
         torch.set_num_threads(1)
         epoch = getattr(self.sampler, "epoch", 0)  # the epoch when the workers were started
         seed_global_rngs(derive_seed(self.seed, self.rank, worker_id, epoch, _TAG_WORKER))
-
-
-def worker_seed():
-    """The current worker's (id, torch initial seed), for logging; (-1, seed) in the main process."""
-    info = get_worker_info()
-    return (info.id if info else -1), torch.initial_seed()
 
 
 def _loader(cfg, dataset, sampler, batch_size, rank):
