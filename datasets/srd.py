@@ -102,19 +102,20 @@ def _blur(img: torch.Tensor, sigma: float, radius: int, valid: bool) -> torch.Te
     return rows @ img @ cols.T
 
 
-def _pixel_grid(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32),
-                            torch.arange(w, dtype=torch.float32), indexing="ij")
-    return xs, ys
+def _grid_units(h: int, w: int) -> torch.Tensor:
+    """``[2]``: grid_sample units (align_corners=True) per pixel along x and y."""
+    return torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
 
 
-def _sample_at(patch: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, padding: str) -> torch.Tensor:
-    """Bilinear sample ``patch [3, h, w]`` at pixel coordinates ``xs, ys [h, w]``."""
-    h, w = patch.shape[-2:]
-    gx = 2.0 * xs / max(w - 1, 1) - 1.0
-    gy = 2.0 * ys / max(h - 1, 1) - 1.0
-    grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
-    out = F.grid_sample(patch.unsqueeze(0), grid, mode="bilinear",
+def _identity_grid(h: int, w: int) -> torch.Tensor:
+    """``[h, w, 2]`` sampling grid (x, y in [-1, 1]) that reproduces the image."""
+    gx, gy = torch.linspace(-1.0, 1.0, w), torch.linspace(-1.0, 1.0, h)
+    return torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)
+
+
+def _sample(patch: torch.Tensor, grid: torch.Tensor, padding: str) -> torch.Tensor:
+    """Bilinear sample ``patch [3, h, w]`` at ``grid [h, w, 2]`` (grid_sample units)."""
+    out = F.grid_sample(patch.unsqueeze(0), grid.unsqueeze(0), mode="bilinear",
                         padding_mode=padding, align_corners=True)
     return out.squeeze(0)
 
@@ -123,15 +124,18 @@ def _sample_at(patch: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, padding:
 # Each takes a float patch [3, h, w] in [0, 1], the generator, the level's settings and
 # the frame-size scale, and returns a new patch of the same shape, still in [0, 1].
 def elastic(patch, g, level, scale):
-    """Smoothed random displacement field (alpha px, sigma px), fresh on every call."""
+    """Smoothed random displacement field (alpha px, sigma px), fresh on every call.
+
+    Displacement = alpha * blur_sigma(uniform noise in [-1, 1]) per axis; the blur is
+    linear with unit gain, so it is computed as ``alpha * (2 * blur(u) - 1)`` for u in [0, 1].
+    """
     h, w = patch.shape[-2:]
     sigma = max(level["sigma"] * scale, 0.5)
-    alpha = level["alpha"] * scale
     r = max(int(math.ceil(3.0 * sigma)), 1)  # kernel cut at 3 sigma
-    noise = torch.rand((2, h + 2 * r, w + 2 * r), generator=g) * 2.0 - 1.0
-    field = _blur(noise, sigma, r, valid=True) * alpha
-    xs, ys = _pixel_grid(h, w)
-    return _sample_at(patch, xs + field[0], ys + field[1], padding="reflection")
+    smooth = _blur(torch.rand((2, h + 2 * r, w + 2 * r), generator=g), sigma, r, valid=True)
+    reach = level["alpha"] * scale * _grid_units(h, w)  # alpha px in grid units, per axis
+    grid = torch.addcmul(_identity_grid(h, w) - reach, smooth.permute(1, 2, 0), 2.0 * reach)
+    return _sample(patch, grid, padding="reflection")
 
 
 def salt_and_pepper(patch, g, level, scale):
@@ -156,44 +160,53 @@ def torn_paper(patch, g, level, scale):
     return out
 
 
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114],
-                            [0.596, -0.274, -0.322],
-                            [0.211, -0.523, 0.312]])
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+# 3x3 colour algebra is done in NumPy float64: a torch op on a 3x3 tensor costs more in
+# dispatch than the arithmetic.
+_LUMA = np.array([0.299, 0.587, 0.114])
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                        [0.596, -0.274, -0.322],
+                        [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
 
 
-def _hue_matrix(shift: float) -> torch.Tensor:
+def _hue_matrix(shift: float) -> np.ndarray:
     """3x3 RGB matrix turning the hue by ``shift`` of a full circle (rotation in YIQ)."""
     a = 2.0 * math.pi * shift
-    rot = torch.tensor([[1.0, 0.0, 0.0],
-                        [0.0, math.cos(a), -math.sin(a)],
-                        [0.0, math.sin(a), math.cos(a)]])
+    rot = np.array([[1.0, 0.0, 0.0],
+                    [0.0, math.cos(a), -math.sin(a)],
+                    [0.0, math.sin(a), math.cos(a)]])
     return _YIQ_TO_RGB @ rot @ _RGB_TO_YIQ
 
 
 def color_jitter(patch, g, level, scale):
     """Brightness/contrast/saturation factors in [1-v, 1+v], hue shift in [-h, h]; random order.
 
-    Same factor ranges as torchvision's ColorJitter; the hue turn is a YIQ rotation
-    (a 3x3 matrix) instead of an HSV round trip, which is ~20x cheaper. Clamped after each step.
+    Same factor ranges as torchvision's ColorJitter. Every step is affine in RGB (the hue
+    turn is a YIQ rotation instead of an HSV round trip; contrast blends towards the mean
+    gray, an affine function of the channel means), so the four steps are composed into
+    one 3x3 matrix and offset, applied once and clamped once (torchvision clamps after
+    every step; this does not, and costs a fraction as much).
     """
     v, hue = level["jitter"]
-    out = patch
+    matrix, offset = np.eye(3), np.zeros(3)
+    channel_means = patch.mean(dim=(1, 2)).double().numpy()
     for op in torch.randperm(4, generator=g).tolist():
         if op == 3:
-            m = _hue_matrix(_uniform(g, -hue, hue))
-            out = torch.einsum("ij,jhw->ihw", m, out)
-        else:
-            f = _uniform(g, max(0.0, 1.0 - v), 1.0 + v)
-            if op == 0:
-                out = out * f
-            else:
-                gray = torch.einsum("c,chw->hw", _LUMA, out)
-                ref = gray.mean() if op == 1 else gray
-                out = f * out + (1.0 - f) * ref
-        out = out.clamp(0.0, 1.0)
-    return out
+            step = _hue_matrix(_uniform(g, -hue, hue))
+            matrix, offset = step @ matrix, step @ offset
+            continue
+        f = _uniform(g, max(0.0, 1.0 - v), 1.0 + v)
+        if op == 0:  # brightness
+            matrix, offset = f * matrix, f * offset
+        elif op == 1:  # contrast: blend with the mean gray of the current image
+            mean_gray = _LUMA @ (matrix @ channel_means + offset)
+            matrix, offset = f * matrix, f * offset + (1.0 - f) * mean_gray
+        else:  # saturation: blend with the per-pixel gray
+            step = f * np.eye(3) + (1.0 - f) * np.outer(np.ones(3), _LUMA)
+            matrix, offset = step @ matrix, step @ offset
+    affine = torch.from_numpy(np.concatenate([offset[:, None], matrix], axis=1)).float()  # [3, 1+3]
+    out = torch.addmm(affine[:, :1], affine[:, 1:], patch.reshape(3, -1))
+    return out.view_as(patch).clamp(0.0, 1.0)
 
 
 def swirl(patch, g, level, scale):
@@ -201,13 +214,13 @@ def swirl(patch, g, level, scale):
     h, w = patch.shape[-2:]
     cx, cy = w // 2, h // 2
     radius = max(min(h, w) // 3, 1)
-    xs, ys = _pixel_grid(h, w)
-    dx, dy = xs - cx, ys - cy
-    angle = level["swirl"] * torch.exp(-(dx ** 2 + dy ** 2) / (2.0 * radius ** 2))
+    dx = (torch.arange(w, dtype=torch.float32) - cx)[None, :]
+    dy = (torch.arange(h, dtype=torch.float32) - cy)[:, None]
+    angle = torch.exp((dx * dx + dy * dy) * (-0.5 / radius ** 2)) * level["swirl"]  # [h, w]
     cos, sin = torch.cos(angle), torch.sin(angle)
-    src_x = cx + dx * cos - dy * sin
-    src_y = cy + dx * sin + dy * cos
-    return _sample_at(patch, src_x, src_y, padding="border")
+    src = torch.stack((cx + dx * cos - dy * sin, cy + dx * sin + dy * cos), dim=-1)  # pixels
+    units = _grid_units(h, w)
+    return _sample(patch, src * units - 1.0, padding="border")
 
 
 def gaussian_blur(patch, g, level, scale):
@@ -377,8 +390,23 @@ def distort_patch(patch: torch.Tensor, plan: SRDPlan, generator, scale: float) -
     """Apply the plan's distortions in order to ``patch [3, h, w]`` float in [0, 1]."""
     level = LEVELS[plan.severity]
     for name in plan.distortions:
-        patch = DISTORTIONS[name](patch, generator, level, scale).clamp(0.0, 1.0)
-    return patch
+        patch = DISTORTIONS[name](patch, generator, level, scale)
+    return patch.clamp(0.0, 1.0)  # each step keeps [0, 1] up to float rounding
+
+
+def _paste(out: torch.Tensor, patch: torch.Tensor, boxes: torch.Tensor, plan: SRDPlan) -> None:
+    """Copy ``patch [3, ph, pw]`` into ``out [K, T, 3, H, W]`` at every box of the run.
+
+    One strided-view copy per frame: ~10x faster on CPU than a single scatter through
+    broadcast advanced indices, and ~2x faster than slicing (measured at 224 px).
+    """
+    _, ph, pw = patch.shape
+    s_clip, s_frame, s_chan, s_row, s_col = out.stride()
+    run = boxes[plan.start:plan.start + plan.length].tolist()
+    for ci, clip_boxes in enumerate(run, start=plan.start):
+        for fi, (bx0, by0, _, _) in enumerate(clip_boxes):
+            offset = out.storage_offset() + ci * s_clip + fi * s_frame + by0 * s_row + bx0 * s_col
+            out.as_strided((3, ph, pw), (s_chan, s_row, s_col), offset).copy_(patch)
 
 
 # ----------------------------------------------------------------------------- entry
@@ -408,11 +436,7 @@ def apply_srd_with_plan(clips, generator, p=0.5, force=False, severity="medium",
 
     boxes = trajectory_boxes(plan, k, t, h, w)
     out = clips if inplace else clips.clone()
-    # One slice copy per pasted frame: ~10x faster on CPU than one scatter through
-    # broadcast advanced indices (measured: 0.7 ms vs 4.9 ms for 40 frames at 224 px).
-    for ci in range(plan.start, plan.start + plan.length):
-        for fi, (bx0, by0, bx1, by1) in enumerate(boxes[ci].tolist()):
-            out[ci, fi, :, by0:by1, bx0:bx1].copy_(patch)
+    _paste(out, patch, boxes, plan)
     pa_labels[plan.start:plan.start + plan.length] = 1
     return out, pa_labels, boxes, plan
 

@@ -106,6 +106,16 @@ def test_inplace_writes_into_the_input():
     assert out is clips and pa.any()
 
 
+def test_inplace_on_a_non_contiguous_tensor_pastes_at_the_boxes():
+    base = _clips(k=3, t=4, h=40, w=56, dtype=torch.uint8)
+    clips = base.permute(1, 0, 2, 3, 4).contiguous().permute(1, 0, 2, 3, 4)  # [K,T,...] view, T-major
+    assert not clips.is_contiguous()
+    expected, pa, boxes = srd.apply_srd(base, torch.Generator().manual_seed(2), force=True)
+    out, pa2, boxes2 = srd.apply_srd(clips, torch.Generator().manual_seed(2), force=True, inplace=True)
+    assert out is clips and torch.equal(pa, pa2) and torch.equal(boxes, boxes2)
+    assert torch.equal(clips, expected)
+
+
 def test_not_applied_returns_input_and_zero_labels():
     clips = _clips()
     out, pa, boxes = srd.apply_srd(clips, torch.Generator().manual_seed(0), p=0.0)
