@@ -19,10 +19,14 @@ launch() {
     fi
     local python="${PYTHON:-python}"
     local found
-    found="$("$python" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')" || {
-        echo "error: could not import torch with '$python'" >&2
-        return 2
-    }
+    if [[ -n "${CUDA_VISIBLE_DEVICES+set}" && -z "${CUDA_VISIBLE_DEVICES}" ]]; then
+        found=0  # GPUs hidden on purpose: no need to ask torch
+    else
+        found="$("$python" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')" || {
+            echo "error: could not import torch with '$python'" >&2
+            return 2
+        }
+    fi
     if [[ "$found" -eq 0 ]]; then
         echo "[runner] no CUDA GPU found: running ${num} CPU process(es) with the gloo backend" >&2
     elif [[ "$num" -gt "$found" ]]; then
