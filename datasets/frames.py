@@ -105,7 +105,9 @@ class _Reader:
                 out[i] = self._decode_batch([i])[i]
             except DataError as err:
                 if not self.replace_bad:
-                    raise
+                    raise DataError(f"{err}. Restore or re-extract the frame, or set "
+                                    "DATA.REPLACE_BAD_FRAMES True to use its nearest readable "
+                                    "neighbour instead") from err
                 out[i] = self._nearest_readable(i, err)
         return out
 

@@ -103,6 +103,11 @@ class _ListDataset(Dataset):
                 must_exist=True, source=where))
         self._cached = (None, None)  # (video index, reader): consecutive segments reuse it
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cached"] = (None, None)  # an open video reader does not travel to workers
+        return state
+
     def reader(self, vid):
         if self._cached[0] != vid:
             record = self.records[vid]

@@ -112,7 +112,7 @@ def test_missing_frame_in_the_middle(tmp_path):
     write_folder(tmp_path / "v", _random_frames(6))
     (tmp_path / "v" / TMPL.format(3)).unlink()
     reader = open_video(tmp_path / "v", 6, TMPL)
-    with pytest.raises(DataError, match=r"v.*frame 3 \(img_00000003.jpg\) is missing"):
+    with pytest.raises(DataError, match=r"v.*frame 3 \(img_00000003.jpg\) is missing.*REPLACE_BAD_FRAMES"):
         reader.read([0, 3, 5])
 
 
