@@ -4,11 +4,17 @@ A localized region of a *normal* training item is cut from the first frame of a
 contiguous run of clips, severely distorted, and pasted into every frame of that run
 while it moves along a straight line. Those clips are labelled anomalous (1).
 
-Everything works on whole tensors (``grid_sample`` for elastic/swirl, ``conv2d`` for
-blur, advanced indexing for the paste); every random number comes from the
-``torch.Generator`` passed in, so a call never touches or reseeds a global RNG and two
-calls with one generator draw fresh fields. Pixels outside the pasted boxes are left
-bit for bit as they were.
+Everything works on whole tensors, never per-frame conversions: one patch is distorted
+(``grid_sample`` for elastic/swirl, banded-matrix products for Gaussian smoothing, one
+affine map for colour) and written into each frame's box by a strided-view copy. Every
+random number comes from the ``torch.Generator`` passed in, so a call never touches or
+reseeds a global RNG and two calls with one generator draw fresh fields. Pixels outside
+the pasted boxes are left bit for bit as they were.
+
+Choices where the published code is loose: salt and pepper each hit a ``salt`` fraction
+of the patch's pixels (all channels); "torn paper" lines are white, one pixel wide; the
+hue turn is a YIQ rotation; in gradcam mode a box that covers the blob poorly in all
+``SALIENCY_TRIES`` draws is replaced by the best-covered one (not the whole blob box).
 
 Sizes: a training item is ``clips [K, T, 3, H, W]`` (uint8 or float in [0, 1]).
 The published figures (speed 20-35 px/frame, elastic alpha 40 / sigma 4, blur kernel 5)
