@@ -5,6 +5,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from yacs.config import CfgNode
 
@@ -312,3 +314,22 @@ def test_bad_arguments_are_rejected():
         srd.apply_srd(torch.rand(2, 3, 32, 32), torch.Generator(), force=True)
     with pytest.raises(ValueError):
         srd.apply_srd(_clips(), torch.Generator(), force=True, severity="extreme")
+
+
+@settings(max_examples=30, deadline=None)
+@given(k=st.integers(1, 5), t=st.integers(1, 4), h=st.integers(4, 48), w=st.integers(4, 48),
+       uint8=st.booleans(), severity=st.sampled_from(srd.SEVERITIES), seed=st.integers(0, 2**31))
+def test_any_shape_keeps_outside_pixels_and_frame_bounds(k, t, h, w, uint8, severity, seed):
+    clips = _clips(k=k, t=t, h=h, w=w, dtype=torch.uint8 if uint8 else torch.float32, seed=seed % 97)
+    out, pa, boxes = srd.apply_srd(clips, torch.Generator().manual_seed(seed), force=True, severity=severity)
+    assert out.dtype == clips.dtype and out.shape == clips.shape
+    ones = torch.nonzero(pa).flatten().tolist()
+    assert ones == list(range(ones[0], ones[-1] + 1))
+    run = boxes[pa.bool()].reshape(-1, 4)
+    assert (run[:, :2] >= 0).all() and (run[:, 2] <= w).all() and (run[:, 3] <= h).all()
+    assert (run[:, 2] > run[:, 0]).all() and (run[:, 3] > run[:, 1]).all()
+    assert not boxes[~pa.bool()].any()
+    inside = _box_mask(boxes, clips.shape)
+    assert torch.equal(out[~inside], clips[~inside])
+    if not uint8:
+        assert out.min() >= 0 and out.max() <= 1
