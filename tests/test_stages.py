@@ -176,3 +176,24 @@ def test_missing_pseudo_labels_name_the_fix(data_opts, tmp_path):
 
     with pytest.raises(DataError, match="genlabels"):
         run(main_advtrain, CI_ADV, tmp_path, data_opts)
+
+
+def test_random_init_is_the_same_on_every_rank():
+    """Without weights each rank builds the preset from SEED, not SEED + rank."""
+    import logging
+    from types import SimpleNamespace
+
+    from utils.config import load_config_file
+    from utils.stage import build_model
+
+    cfg = load_config_file(CI)
+    stage = SimpleNamespace(cfg=cfg, logger=logging.getLogger("test"), device=torch.device("cpu"))
+    torch.manual_seed(cfg.SEED + 0)
+    rank0 = build_model(stage)
+    torch.manual_seed(cfg.SEED + 1)
+    after = torch.rand(3)
+    torch.manual_seed(cfg.SEED + 1)
+    rank1 = build_model(stage)
+    for (name, a), b in zip(rank0.state_dict().items(), rank1.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(torch.rand(3), after)  # the rank's own stream is left where it was

@@ -141,21 +141,30 @@ def build_model(stage: Stage, weights=None):
 
     Returns the model on the stage's device in train mode (not yet wrapped in DDP).
     """
-    from models import xclip
-
     cfg = stage.cfg
     path = weights if weights is not None else cfg.MODEL.PRETRAINED
-    model, _, _ = xclip.load(
-        path, name=cfg.MODEL.ARCH, device="cpu", T=cfg.DATA.NUM_FRAMES, droppath=cfg.MODEL.DROP_PATH_RATE,
-        use_checkpoint=cfg.TRAIN.USE_CHECKPOINT, logger=stage.logger, prompts_alpha=cfg.MODEL.PROMPTS_ALPHA,
-        prompts_layers=cfg.MODEL.PROMPTS_LAYERS, mit_layers=cfg.MODEL.MIT_LAYERS, fix_text=cfg.MODEL.FIX_TEXT,
-    )
+    # random init (no weights, or layers the weights lack) must be the same on every rank:
+    # draw it from SEED alone, leaving the per-rank stream (SEED + rank) untouched
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.SEED)
+        model = _load_xclip(cfg, path, stage.logger)
     if model.input_resolution != cfg.DATA.INPUT_SIZE:
         raise ConfigError(
             f"the model takes {model.input_resolution}px frames but DATA.INPUT_SIZE is {cfg.DATA.INPUT_SIZE}; "
             f"set DATA.INPUT_SIZE {model.input_resolution}"
         )
     return model.to(stage.device).train()
+
+
+def _load_xclip(cfg, path, logger):
+    from models import xclip
+
+    model, _, _ = xclip.load(
+        path, name=cfg.MODEL.ARCH, device="cpu", T=cfg.DATA.NUM_FRAMES, droppath=cfg.MODEL.DROP_PATH_RATE,
+        use_checkpoint=cfg.TRAIN.USE_CHECKPOINT, logger=logger, prompts_alpha=cfg.MODEL.PROMPTS_ALPHA,
+        prompts_layers=cfg.MODEL.PROMPTS_LAYERS, mit_layers=cfg.MODEL.MIT_LAYERS, fix_text=cfg.MODEL.FIX_TEXT,
+    )
+    return model
 
 
 def text_tokens(stage: Stage) -> torch.Tensor:
