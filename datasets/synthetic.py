@@ -201,7 +201,7 @@ def get_scene(scene_id: int) -> Scene:
         lawn[52:, :26] = True
         _paint(img, lawn, grass)
         routes = (((-8, 30), (72, 30), 4), ((-8, 43), (72, 43), 4), ((34, 72), (60, 14), 3))
-        event_route, spots = 1, ((20, 34), (44, 38), (54, 48))
+        event_route, spots = 1, ((20, 34), (44, 38), (48, 48))
     elif scene_id == 1:  # park: grass, diagonal sand path, vertical path, trees
         img = grass.copy()
         _paint(img, _segment_mask((-10, 56), (74, 18), 6), sand)
@@ -401,15 +401,14 @@ def _event_drawer(spec, scene):
         look = _random_person(rng)
         poses = [_person_sprite(*look, 2), _person_sprite(*look, 0)]
         h, w = 9, 5
-        a, b = _inner_segment(scene.routes[scene.event_route], w + 6, h)
+        a, b = _inner_segment(scene.routes[scene.event_route], w, h)
         speed = rng.uniform(1.8, 2.8)
         centres, forward = _ping_pong(rng, a, b, n, speed)
 
         def draw(canvas, k):
             sprite = poses[k % 2]
-            step = (b - a) / np.linalg.norm(b - a) * speed * (1 if forward[k] else -1)
-            for j, ghost in ((3, 0.2), (2, 0.4), (1, 0.6)):  # motion streak
-                gx, gy = centres[k] - j * step
+            for j, ghost in ((3, 0.2), (2, 0.4), (1, 0.6)):  # motion streak along the path just run
+                gx, gy = centres[max(k - j, 0)]
                 _paste(canvas, sprite, gx - w / 2, gy - h / 2, ghost)
             _paste(canvas, sprite, centres[k, 0] - w / 2, centres[k, 1] - h / 2)
         return draw
