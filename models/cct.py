@@ -65,7 +65,10 @@ class CrossFrameTransformer(nn.Module):
 
 
 class CrossFrameCommunicationTransformer(nn.Module):
-    """frames [B*T,3,H,W] (normalised) -> (class features [B*T, D], patch tokens [B*T, P, width])."""
+    """Normalised frames [B*T,3,H,W] -> (class features [B*T, D], patch tokens [B*T, P, width]).
+
+    Frames of one video must be adjacent (B-major), as ``video.reshape(B*T, ...)`` gives.
+    """
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int,
                  heads: int, output_dim: int, num_frames: int, droppath: float = 0.0,

@@ -129,7 +129,7 @@ class XCLIP(nn.Module):
         return (video.float() - self.pixel_mean) / self.pixel_std
 
     def encode_video(self, video: torch.Tensor):
-        """Normalised video [B,T,3,H,W] -> (video features [B,D], visual prompt tokens [B,T,P,D])."""
+        """Normalised video [B,T,3,H,W] -> (video features [B,D], prompt tokens [B,T,P,D])."""
         b, t, c, h, w = video.shape
         cls, patches = self.visual(video.reshape(b * t, c, h, w))
         patches = self.prompts_visual_ln(patches) @ self.prompts_visual_proj.to(patches.dtype)
@@ -227,7 +227,8 @@ def load_weights_strict(model: XCLIP, state_dict: dict) -> None:
     """Load with an explicit allow-list of missing keys; anything else raises CheckpointError."""
     is_xclip_file = any(k.startswith("mit.") for k in state_dict)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not _allowed_missing(k, is_xclip_file)]
+    missing = [k for k in expected
+               if k not in state_dict and not _allowed_missing(k, is_xclip_file)]
     unexpected = [k for k in state_dict if k not in expected]
     wrong_shape = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                    for k, v in state_dict.items()
@@ -285,7 +286,7 @@ def load(model_path, name: str = "ViT-B/32", device="cpu", T: int = 8, droppath:
         from models.checkpoint_io import read_state_dict
 
         state_dict, meta = read_state_dict(model_path)
-        state_dict = prepare_state_dict(state_dict, T)
+        state_dict = prepare_state_dict(state_dict, T, logger)
         try:
             arch = infer_architecture(state_dict)
         except CheckpointError as err:
