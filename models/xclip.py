@@ -140,17 +140,25 @@ class XCLIP(nn.Module):
     def forward(self, video: torch.Tensor, text_tokens: torch.Tensor) -> dict:
         if video.ndim != 5 or video.shape[2] != 3:
             raise ValueError(f"video must be [B,T,3,H,W], got {tuple(video.shape)}")
-        b, t, _, h, w = video.shape
+        _, t, _, h, w = video.shape
         if t != self.num_frames or h != self.input_resolution or w != self.input_resolution:
             raise ValueError(
                 f"model expects T={self.num_frames} frames of {self.input_resolution}x"
                 f"{self.input_resolution}, got T={t} of {h}x{w}")
-        video_features, visual_tokens = self.encode_video(self.normalize(video))
-        visual_tokens = visual_tokens.mean(dim=1)  # [B, P, D]
         if self.fix_text:
             text = self.cached_text_features(text_tokens)
         else:
             text = self.encode_text(text_tokens)
+        return self.forward_with_text_features(video, text)
+
+    def forward_with_text_features(self, video: torch.Tensor, text: torch.Tensor) -> dict:
+        """The forward pass from precomputed text features ``text`` [C, D] (e.g. for attacks).
+
+        video [B,T,3,H,W] in [0,1] -> dict(y [B,C], feature_v [B,D], feature_t [B,C,D]).
+        """
+        b = video.shape[0]
+        video_features, visual_tokens = self.encode_video(self.normalize(video))
+        visual_tokens = visual_tokens.mean(dim=1)  # [B, P, D]
         text = text.unsqueeze(0).expand(b, -1, -1)
         text = text + self.prompts_generator(text, visual_tokens)
         feature_v = F.normalize(video_features, dim=-1)

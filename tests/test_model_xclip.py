@@ -33,6 +33,9 @@ def test_forward_shapes_and_attributes(tokens):
     torch.testing.assert_close(out["feature_v"].norm(dim=-1), torch.ones(2))
     expected = model.logit_scale.exp() * (out["feature_v"][:, None] * out["feature_t"]).sum(-1)
     torch.testing.assert_close(out["y"], expected)
+    with torch.no_grad():
+        from_features = model.forward_with_text_features(video(), model.encode_text(tokens))
+    torch.testing.assert_close(from_features["y"], out["y"].detach())
 
 
 def test_normalisation_is_internal_and_not_saved(tokens):
