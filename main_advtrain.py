@@ -2,7 +2,8 @@
 
     # 2a: clip pseudo labels of the training videos -> OUTPUT/pseudo_labels.json
     torchrun --nproc_per_node N main_advtrain.py -cfg configs/shanghai/shanghai_advtrain.yaml \
-        --output output/shanghai/advtrain --pretrained output/shanghai/promptmil/checkpoints/best.safetensors --only_test
+        --output output/shanghai/advtrain --only_test \
+        --pretrained output/shanghai/promptmil/checkpoints/best.safetensors
     # 2b: PGD adversarial training on pseudo labels + SRD pseudo anomalies (same --output)
     torchrun --nproc_per_node N main_advtrain.py -cfg ... --output output/shanghai/advtrain --pretrained ...
 

@@ -4,6 +4,8 @@ Each stage runs in this process through its ``main(argv)`` (the same code path a
 command line, without a new interpreter per run) on the CI configs in configs/synthetic/.
 """
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -137,8 +139,8 @@ def test_resume_after_stop_equals_uninterrupted(data_opts, tmp_path, monkeypatch
 
     def stop_after_four(*args):
         calls["n"] += 1
-        if calls["n"] == 4:  # micro-batch 4 of 6 in epoch 1 (an optimizer-step boundary)
-            signals.request_stop()
+        if calls["n"] == 4:  # during micro-batch 4 of 6 in epoch 1: what a scheduler sends
+            os.kill(os.getpid(), signal.SIGTERM)
         return original(*args)
 
     monkeypatch.setattr(engine, "promptmil_step", stop_after_four)

@@ -12,7 +12,6 @@ key other than the run-mode keys in ``RUN_MODE_KEYS``) holds another run's resul
 stage refuses to write there unless ``--overwrite`` is given. A matching folder is the same
 run: training resumes from its last checkpoint.
 """
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,18 +73,12 @@ def setup_stage(name, args) -> Stage:
     dist_utils.barrier()
     output.mkdir(parents=True, exist_ok=True)
     logger = create_logger(str(output), info.rank)
-    seed_everything(cfg.SEED + info.rank)
+    dist_utils.seed_everything(cfg.SEED + info.rank)
     if info.rank == 0:
         save_config(cfg, output / "config.yaml")
     logger.info(f"{name}: rank {info.rank}/{info.world_size} on {info.device}; output {output}")
     logger.debug(f"config:\n{config_to_yaml(cfg)}")
     return Stage(name, cfg, args, info, logger, output, same_run)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _flatten(tree, prefix=""):
