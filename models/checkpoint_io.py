@@ -48,8 +48,10 @@ def read_state_dict(path) -> tuple[dict, dict]:
             state_dict, meta = TorchScriptReader(path).state_dict(), {"format": "torchscript"}
         else:
             state_dict, meta = _read_torch_pickle(path)
-    except (CheckpointError, UnsafeCheckpointError):
-        raise
+    except CheckpointError as err:  # UnsafeCheckpointError included: name the file
+        if str(path) in str(err):
+            raise
+        raise type(err)(f"checkpoint {path}: {err}") from None
     except Exception as err:  # any failure of a parser on a damaged file
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt?): "
                               f"{type(err).__name__}: {err}") from err

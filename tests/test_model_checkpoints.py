@@ -250,3 +250,34 @@ def test_scripted_archive_keeps_only_parameters_and_buffers(tmp_path):
     state, _ = read_state_dict(tmp_path / "scripted.pt")
     assert sorted(state) == ["lin.bias", "lin.weight", "scale"]  # no attn_mask
     assert torch.equal(state["lin.weight"], scripted.lin.weight)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_damaged_bytes_raise_only_checkpoint_errors(tmp_path, zip_format):
+    """Flipped or cut bytes either still load or raise CheckpointError, never anything else."""
+    source = tmp_path / "small.pth"
+    torch.save({"model": {"w": torch.arange(6.0)}, "config": CfgNode({"A": 1}),
+                "max_accuracy": np.float64(0.5)}, source, _use_new_zipfile_serialization=zip_format)
+    data = source.read_bytes()
+    rng = np.random.default_rng(0)
+    for trial in range(25):
+        damaged = bytearray(data)
+        if trial % 3 == 0:
+            damaged = damaged[: int(rng.integers(1, len(data)))]
+        else:
+            for pos in rng.integers(0, len(data), size=3):
+                damaged[pos] = int(rng.integers(0, 256))
+        path = tmp_path / f"damaged_{trial}.pth"
+        path.write_bytes(bytes(damaged))
+        try:
+            state, _ = read_state_dict(path)
+        except CheckpointError as err:
+            assert path.name in str(err)
+        else:
+            assert all(torch.is_tensor(v) for v in state.values())
+
+
+def test_unknown_preset():
+    with pytest.raises(CheckpointError, match="unknown model preset"):
+        xclip.load(None, "ViT-H/99")
