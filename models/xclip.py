@@ -145,9 +145,11 @@ class XCLIP(nn.Module):
             raise ValueError(
                 f"model expects T={self.num_frames} frames of {self.input_resolution}x"
                 f"{self.input_resolution}, got T={t} of {h}x{w}")
-        if self.fix_text:
+        text_frozen = self.fix_text and not any(p.requires_grad
+                                                for p in self._text_tower_params())
+        if text_frozen:
             text = self.cached_text_features(text_tokens)
-        else:
+        else:  # trained text tower (or one unfrozen by hand): never serve stale features
             text = self.encode_text(text_tokens)
         return self.forward_with_text_features(video, text)
 

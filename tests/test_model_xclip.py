@@ -121,6 +121,11 @@ def test_text_features_not_cached_when_text_is_trained(tokens):
     model = tiny(fix_text=False)
     model(video(), tokens)
     assert model._text_cache is None
+    unfrozen_by_hand = tiny()
+    unfrozen_by_hand.text_projection.requires_grad_(True)
+    unfrozen_by_hand(video(), tokens)["y"].sum().backward()
+    assert unfrozen_by_hand._text_cache is None
+    assert unfrozen_by_hand.text_projection.grad is not None
 
 
 def test_tiny_model_learns_a_colour_cue(tokens):
