@@ -11,6 +11,7 @@ accumulation group (``no_sync`` on the others). Evaluation results are gathered 
 rank and de-duplicated, so a sharded evaluation equals the single-process one.
 """
 import contextlib
+import itertools
 import math
 import random
 import time
@@ -91,7 +92,6 @@ class TrainState:
     """Where training stands; saved in every checkpoint so a run continues exactly.
 
     ``batch_in_epoch``: micro-batches of ``epoch`` already trained (0 at an epoch start);
-    ``epoch_rng``: the RNG states at the start of ``epoch`` (to replay its data order);
     ``history``: metrics of every evaluation so far; ``best``: epoch and metrics of the best
     one; ``threshold``: the score threshold chosen on the best evaluation.
     """
@@ -100,7 +100,6 @@ class TrainState:
     step: int = 0
     batch_in_epoch: int = 0
     best_metric: float = float("-inf")
-    epoch_rng: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     best: dict = field(default_factory=dict)
     threshold: dict = field(default_factory=dict)
@@ -227,8 +226,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state
     optimizer step ``stop_requested()`` is checked (agreed across ranks): when true the
     function returns "stopped" with ``state`` pointing at the next micro-batch.
     A non-finite loss on any rank raises TrainingError naming epoch and step.
-    ``resume_rng``: RNG states to restore after skipping the ``state.batch_in_epoch``
-    micro-batches already trained (the data order of the epoch is replayed, not retrained).
+    ``resume_rng``: RNG states to restore before continuing after the ``state.batch_in_epoch``
+    micro-batches already trained (those are skipped without being loaded).
     """
     device = model_device(model)
     accum = cfg.TRAIN.ACCUMULATION_STEPS
@@ -239,11 +238,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state
     bar = progress(total=total, initial=skip, desc=f"train {state.epoch + 1}/{cfg.TRAIN.EPOCHS}")
     started, done_here = time.time(), 0
     outcome = "done"
-    for idx, batch in enumerate(loader):
-        if idx < skip:
-            if idx == skip - 1 and resume_rng is not None:
-                set_rng_state(resume_rng)
-            continue
+    batches = iter(remaining_batches(loader, skip))  # creating the iterator draws a seed
+    if resume_rng is not None:  # ... so restore the interrupted run's RNG after it
+        set_rng_state(resume_rng)
+    for idx, batch in enumerate(batches, start=skip):
         group_start = idx - idx % accum
         group_end = min(group_start + accum, total)
         micro = MicroStep(first=idx == group_start, last=idx + 1 == group_end, optimizer=optimizer)
@@ -284,6 +282,43 @@ def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state
         state.epoch += 1
         state.batch_in_epoch = 0
     return outcome
+
+
+class _SkipFirst(torch.utils.data.Sampler):
+    """The keys of ``base`` after its first ``skip`` (the rest of an interrupted epoch)."""
+
+    def __init__(self, base, skip):
+        self.base, self.skip = base, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.base), self.skip, None)
+
+    def __len__(self):
+        return max(0, len(self.base) - self.skip)
+
+
+def remaining_batches(loader, skip_batches):
+    """The batches of ``loader`` after the first ``skip_batches``, without loading those.
+
+    For a DataLoader the same dataset, sampler order and worker setup are kept and only the
+    first ``skip_batches * batch_size`` sampler keys are dropped (items are seeded by their
+    key, so the remaining batches are the ones the uninterrupted epoch would have seen).
+    """
+    if skip_batches == 0:
+        return loader
+    if not isinstance(loader, torch.utils.data.DataLoader):
+        return itertools.islice(loader, skip_batches, None)
+    if loader.batch_size is None or loader.drop_last:
+        raise TrainingError("resuming inside an epoch needs a loader with a batch size and drop_last False")
+    extra = {}
+    if loader.num_workers > 0:
+        extra = dict(persistent_workers=False, prefetch_factor=loader.prefetch_factor,
+                     worker_init_fn=loader.worker_init_fn,
+                     multiprocessing_context=loader.multiprocessing_context)
+    return torch.utils.data.DataLoader(
+        loader.dataset, batch_size=loader.batch_size,
+        sampler=_SkipFirst(loader.sampler, skip_batches * loader.batch_size), num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=False, generator=loader.generator, **extra)
 
 
 def _scheduler_step(scheduler, step):
@@ -496,11 +531,7 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
     timings = {"train_s": 0.0, "eval_s": 0.0}
     try:
         while state.epoch < cfg.TRAIN.EPOCHS:
-            set_loader_epoch(train_loader, state.epoch)
-            if state.batch_in_epoch == 0:
-                state.epoch_rng = rng_state()
-            else:  # replay the data order of the interrupted epoch
-                set_rng_state(state.epoch_rng)
+            set_loader_epoch(train_loader, state.epoch)  # data order and items follow (SEED, epoch)
             started = time.time()
             outcome = train_one_epoch(ddp_model, train_loader, optimizer, scheduler, text_tokens, cfg, state,
                                       step_fn, logger, stop_requested=lambda: signals.stop_requested(sync=True),
@@ -559,9 +590,8 @@ def save_training_state(stage, tag, model, optimizer, scheduler, state: TrainSta
     from utils import checkpoint as ckpt
 
     rngs = dist.all_gather_object(rng_state())
-    epoch_rngs = dist.all_gather_object(state.epoch_rng)
     if dist.is_main_process():
-        payload = {"batch_in_epoch": state.batch_in_epoch, "rng": rngs, "epoch_rng": epoch_rngs,
+        payload = {"batch_in_epoch": state.batch_in_epoch, "rng": rngs,
                    "world_size": dist.get_world_size(), "history": state.history, "best": state.best,
                    "threshold": state.threshold, **(extra or {})}
         ckpt.save_checkpoint(str(stage.output), tag, dist.unwrap_model(model), optimizer, scheduler, state.epoch,
@@ -581,18 +611,16 @@ def load_training_state(path, model, optimizer, scheduler, logger):
                        history=list(extra.get("history", [])), best=dict(extra.get("best", {})),
                        threshold=dict(extra.get("threshold", {})))
     rank, world = dist.get_rank(), dist.get_world_size()
-    rngs, epoch_rngs = extra.get("rng"), extra.get("epoch_rng")
+    rngs = extra.get("rng")
     resume_rng = None
     if rngs and len(rngs) == world:
         if state.batch_in_epoch > 0:
-            state.epoch_rng, resume_rng = epoch_rngs[rank], rngs[rank]
+            resume_rng = rngs[rank]  # restored by train_one_epoch once its loader iterator exists
         else:
             set_rng_state(rngs[rank])
     else:
         logger.warning(f"{path}: no RNG states for {world} rank(s); the run continues with fresh seeds "
                        "(same weights and schedule, different random draws)")
-        if state.batch_in_epoch > 0:
-            state.epoch_rng = rng_state()
     logger.info(f"resumed from {path}: epoch {state.epoch}, step {state.step}, micro-batch "
                 f"{state.batch_in_epoch}, best AUC@all {state.best_metric}")
     return state, resume_rng
