@@ -181,6 +181,13 @@ def _declared_weights(archive: zipfile.ZipFile, prefix: str, class_key: str):
             if item.strip()}
 
 
+# TorchScript pickles typed lists/dicts through these helpers; here they only pass values on.
+_JIT_CONTAINER_HELPERS = {
+    "build_intlist": list, "build_doublelist": list, "build_boollist": list,
+    "build_tensorlist": list, "restore_type_tag": lambda value, _type_name: value,
+}
+
+
 class _ScriptUnpickler(pickle.Unpickler):
     def __init__(self, archive: zipfile.ZipFile, prefix: str, data: bytes):
         import io
@@ -204,6 +211,8 @@ class _ScriptUnpickler(pickle.Unpickler):
             return OrderedDict
         if module == "torch" and name in STORAGE_DTYPES:
             return STORAGE_DTYPES[name]
+        if module == "torch.jit._pickle" and name in _JIT_CONTAINER_HELPERS:
+            return _JIT_CONTAINER_HELPERS[name]
         raise UnsafeCheckpointError(f"TorchScript archive asks for global '{module}.{name}', "
                                     f"which the safe reader does not admit")
 

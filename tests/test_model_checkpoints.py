@@ -2,6 +2,7 @@
 import pickle
 import warnings
 import zipfile
+from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -230,16 +231,19 @@ def test_truncated_and_corrupt_files(tmp_path):
 
 
 class MaskedLinear(torch.nn.Module):
-    """A scriptable module with a parameter, a buffer and a plain tensor attribute."""
+    """A scriptable module: a parameter, a buffer, a plain tensor and typed containers."""
 
     def __init__(self):
         super().__init__()
         self.lin = torch.nn.Linear(3, 3)
         self.register_buffer("scale", torch.ones(3))
         self.attn_mask = torch.ones(3, 3)
+        self.sizes: List[int] = [1, 2]
+        self.factors: Dict[str, float] = {"a": 1.0}
 
     def forward(self, x):
-        return (self.lin(x) * self.scale) @ self.attn_mask
+        y = (self.lin(x) * self.scale) @ self.attn_mask
+        return y * self.sizes[0] * self.factors["a"]
 
 
 def test_scripted_archive_keeps_only_parameters_and_buffers(tmp_path):
