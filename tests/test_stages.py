@@ -175,6 +175,19 @@ def test_output_folder_of_another_run_is_refused(stage1, data_opts, tmp_path):
     assert "test" in json.loads((tmp_path / "results.json").read_text())
 
 
+def test_overwrite_starts_training_over(data_opts, tmp_path):
+    opts = ["DATA.NUM_CLIPS", "2"]  # a cheaper run than the CI default
+    run(promptmil_main, CI, tmp_path, data_opts, opts=opts)
+    first = load_file(tmp_path / "checkpoints" / "last.safetensors")
+    run(promptmil_main, CI, tmp_path, data_opts, "--overwrite", opts=[*opts, "TRAIN.LR", "1e-3"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["resumed_from"] is None and results["epochs"] == 1
+    replaced = list(tmp_path.glob("checkpoints_replaced_*"))
+    assert len(replaced) == 1  # the other run's checkpoints are kept, out of auto-resume's way
+    kept = load_file(replaced[0] / "last.safetensors")
+    assert all(torch.equal(kept[k], first[k]) for k in first)
+
+
 def test_missing_pseudo_labels_name_the_fix(data_opts, tmp_path):
     from utils.errors import DataError
 

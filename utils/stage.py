@@ -70,6 +70,12 @@ def setup_stage(name, args) -> Stage:
     # every rank reads the same files, so every rank reaches the same verdict (no hang
     # waiting for a rank that raised)
     same_run = check_output_folder(cfg, output, overwrite=getattr(args, "overwrite", False))
+    old_checkpoints = output / "checkpoints"
+    moved = None
+    if info.rank == 0 and not same_run and not cfg.TEST.ONLY_TEST and any(old_checkpoints.glob("*")):
+        # --overwrite starts over: keep the other run's checkpoints, but out of auto-resume's way
+        moved = output / time.strftime("checkpoints_replaced_%Y%m%d_%H%M%S")
+        old_checkpoints.rename(moved)
     dist_utils.barrier()
     output.mkdir(parents=True, exist_ok=True)
     logger = create_logger(str(output), info.rank)
@@ -77,6 +83,8 @@ def setup_stage(name, args) -> Stage:
     if info.rank == 0:
         save_config(cfg, output / "config.yaml")
     logger.info(f"{name}: rank {info.rank}/{info.world_size} on {info.device}; output {output}")
+    if moved is not None:
+        logger.warning(f"--overwrite: moved the checkpoints of the run that was in {output} to {moved}")
     logger.debug(f"config:\n{config_to_yaml(cfg)}")
     return Stage(name, cfg, args, info, logger, output, same_run)
 
