@@ -12,13 +12,12 @@ rank and de-duplicated, so a sharded evaluation equals the single-process one.
 """
 import contextlib
 import itertools
-import math
-import random
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from utils import dist
 from utils.errors import TrainingError
 
@@ -59,31 +58,16 @@ def memory_mb(device) -> float:
 
 # ----------------------------------------------------------------------------- RNG state
 def rng_state() -> dict:
-    """Global RNG states (python, numpy, torch, CUDA) as tensors and plain types."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_has_gauss": int(np_state[3]),
-        "numpy_gauss": float(np_state[4]),
-        "python": torch.tensor(py_state[1], dtype=torch.int64),
-        "python_gauss": float("nan") if py_state[2] is None else float(py_state[2]),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    return state
+    """This process's RNG states (python, numpy, torch, CUDA), checkpoint-safe types."""
+    from utils.checkpoint import capture_rng_state
+
+    return capture_rng_state()
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(state["numpy_pos"]),
-                         int(state["numpy_has_gauss"]), float(state["numpy_gauss"])))
-    gauss = float(state["python_gauss"])
-    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None if math.isnan(gauss) else gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"].cpu().to(torch.uint8)))
+    from utils.checkpoint import restore_rng_state
+
+    restore_rng_state(state)
 
 
 # ----------------------------------------------------------------------------- training
