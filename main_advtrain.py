@@ -29,6 +29,9 @@ def main(argv=None) -> int:
             if stage.is_main:
                 pseudo_labels.write_pseudo_labels(target, labels)
                 stage.logger.info(f"wrote {target} ({len(labels)} videos)")
+            # results.json of this step (the training that follows in this folder replaces it)
+            stages.write_results(stage, {"pseudo_labels": str(target), "checkpoint": stages.weights_to_test(stage),
+                                         **pseudo_labels.summarise(labels)})
             dist.barrier()
             return 0
         train_loader = build_train_loader(cfg, stage.dist)

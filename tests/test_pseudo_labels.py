@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from utils.errors import DataError
-from utils.pseudo_labels import VideoPseudoLabels, pseudo_label_path, read_pseudo_labels, write_pseudo_labels
+from utils.pseudo_labels import (VideoPseudoLabels, pseudo_label_path, read_pseudo_labels, summarise,
+                                 write_pseudo_labels)
 
 
 def record(path, num_frames, label):
@@ -110,3 +111,8 @@ def test_default_path_is_in_output():
     assert str(pseudo_label_path(cfg)) == "out/run/pseudo_labels.json"
     cfg.ADV_TRAIN.PSEUDO_LABEL_FILE = "elsewhere/p.json"
     assert str(pseudo_label_path(cfg)) == "elsewhere/p.json"
+
+
+def test_summary_counts():
+    summary = summarise(sample_labels())
+    assert summary == {"videos": 3, "segments": 9, "abnormal_segments": 3, "abnormal_fraction": 3 / 9}

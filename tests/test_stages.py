@@ -79,6 +79,8 @@ def test_pseudo_labels_then_adversarial_training(stage1, data_opts, tmp_path, mo
     labels = json.loads((tmp_path / "pseudo_labels.json").read_text())
     train_paths = [line.split()[0] for line in open(data_opts[3])]
     assert sorted(labels) == sorted(train_paths)  # keyed by video path, every training video
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["videos"] == 12 and summary["checkpoint"] == best
     entry = next(iter(labels.values()))
     assert len(entry["frame_inds"]) == len(entry["labels"]) and len(entry["frame_inds"][0]) == 2
 

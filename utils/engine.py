@@ -140,8 +140,8 @@ def advtrain_clip_labels(batch, cfg, pseudo_labels=None) -> torch.Tensor:
 
 
 def train_attack_settings(cfg) -> dict:
-    """PGD settings for adversarial training: eps = ADV_TRAIN.EPS / 255, steps and step size
-    from the ATTACK section (STEP_SIZE < 0 = 2.5 * eps / steps), no random start."""
+    """PGD settings for adversarial training: eps = ADV_TRAIN.EPS / 255; steps, step size
+    (STEP_SIZE < 0 = 2.5 * eps / steps), random start and restarts from the ATTACK section."""
     eps = cfg.ADV_TRAIN.EPS / 255.0
     step_size = cfg.ATTACK.STEP_SIZE / 255.0 if cfg.ATTACK.STEP_SIZE >= 0 else None
     return {"eps": eps, "steps": int(cfg.ATTACK.STEPS), "step_size": step_size,

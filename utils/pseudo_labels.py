@@ -60,6 +60,14 @@ class VideoPseudoLabels:
         return (torch.as_tensor(self.labels)[nearest] > 0).long()
 
 
+def summarise(labels: dict[str, VideoPseudoLabels]) -> dict:
+    """Counts for results.json: videos, segments, and segments labelled abnormal."""
+    segments = sum(len(v.labels) for v in labels.values())
+    abnormal = sum(int((v.labels > 0).sum()) for v in labels.values())
+    return {"videos": len(labels), "segments": segments, "abnormal_segments": abnormal,
+            "abnormal_fraction": abnormal / segments if segments else None}
+
+
 def pseudo_label_path(cfg) -> Path:
     """ADV_TRAIN.PSEUDO_LABEL_FILE, or OUTPUT/pseudo_labels.json when it is empty."""
     name = cfg.ADV_TRAIN.PSEUDO_LABEL_FILE
