@@ -13,13 +13,15 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _restore_project_logger():
-    """Undo what ``utils.logger.create_logger`` does to the shared "FrameShield" logger.
+    """Keep the shared "FrameShield" logger visible to ``caplog`` in every test.
 
-    Stages called in-process attach handlers and set ``propagate = False``; without this
-    reset, a later test's ``caplog`` would no longer see the project's warnings.
+    Stages called in-process (``utils.logger.create_logger``) attach handlers and set
+    ``propagate = False``; each test runs with propagation on and gets the logger's
+    earlier state back afterwards, minus any handler the test added.
     """
     log = logging.getLogger("FrameShield")
     saved = (list(log.handlers), log.propagate, log.level)
+    log.propagate = True  # also when a module-scoped fixture already made a logger
     yield
     for handler in log.handlers:
         if handler not in saved[0]:
