@@ -98,3 +98,14 @@ def test_stage_scripts_report_user_errors_without_traceback(tmp_path):
                            "--output", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "ConfigError: config file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_runner_refuses_more_gpus_than_visible(tmp_path):
+    # a stand-in interpreter that reports one visible GPU (the probe is `python -c ...`)
+    fake = tmp_path / "python"
+    fake.write_text('#!/usr/bin/env bash\nif [[ "$1" == "-c" ]]; then echo 1; exit 0; fi\nexit 99\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    proc = subprocess.run(["bash", str(REPO / "runners" / "train.sh"), "2"], env={**env, "PYTHON": str(fake)},
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "asked for 2 GPU(s) but only 1 visible" in proc.stderr
