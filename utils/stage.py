@@ -255,20 +255,16 @@ def read_scores(path) -> dict:
 
 
 def write_plots(stage: Stage, evals: dict, title: str) -> list:
-    """OUTPUT/plots/roc.png (one curve per set) and plots/videos/scores_<video>.png (rank 0).
-
-    evals: {"clean": evaluate_scores result[, "adversarial": ...]}; the adversarial frame
-    scores are drawn on the same axes as the clean ones. Returns the written paths.
+    """OUTPUT/plots/roc.png (one curve per set) and plots/scores_<video>.png for every video
+    (rank 0). evals: {"clean": evaluate_scores result[, "adversarial": ...]}; adversarial
+    frame scores are drawn on the same axes as the clean ones. Returns the written paths.
     """
     if not stage.is_main:
         return []
     from utils import plots
 
     folder = stage.output / "plots"
-    curves = {name: (r["roc"]["fpr"], r["roc"]["tpr"], r["auc_all"]) for name, r in evals.items() if r["roc"]}
-    paths = [plots.plot_roc(folder / "roc.png", curves, title=title)] if curves else []
-    adversarial = evals.get("adversarial", {}).get("per_video")
-    paths += plots.plot_videos(folder / "videos", evals["clean"]["per_video"], adversarial=adversarial)
+    paths = plots.write_stage_plots(folder, evals, title=title, limit=None)
     stage.logger.info(f"wrote {len(paths)} plot(s) under {folder}")
     return paths
 
