@@ -32,19 +32,19 @@ def main(argv=None) -> int:
                           f"restarts {settings['restarts']}")
         clean_rows, adv_rows, seconds = engine.evaluate_attack(model, loader, tokens, cfg, stage.logger, settings)
         records = loader.dataset.records
-        clean, clean_eval = engine.score_metrics(engine.rows_to_scores(clean_rows), records, cfg)
-        adv, adv_eval = engine.score_metrics(engine.rows_to_scores(adv_rows), records, cfg)
+        clean_scores, adv_scores = engine.rows_to_scores(clean_rows), engine.rows_to_scores(adv_rows)
+        clean, clean_eval = engine.score_metrics(clean_scores, records, cfg)
+        adv, adv_eval = engine.score_metrics(adv_scores, records, cfg)
         stage.logger.info("            AUC@all  AUC@ano  AP")
         for name, m in (("clean", clean), ("adversarial", adv)):
             stage.logger.info(f"{name:<11} {m['auc_all']:.4f}   {m['auc_ano']:.4f}   {m['ap']:.4f}")
-        stages.write_scores(stage, {"clean": engine.rows_to_scores(clean_rows),
-                                    "adversarial": engine.rows_to_scores(adv_rows)},
+        stages.write_scores(stage, {"clean": clean_scores, "adversarial": adv_scores},
                             {"clean": clean_eval, "adversarial": adv_eval})
         plot_paths = stages.write_plots(stage, {"clean": clean_eval, "adversarial": adv_eval},
                                         title=f"PGD eps {settings['eps'] * 255:g}/255, {settings['steps']} steps")
         attack = {**settings, "eps_255": settings["eps"] * 255, "step_size_255": settings["step_size"] * 255,
                   "batch_size": cfg.ATTACK.BATCH_SIZE, "norm": "linf", "labels": "ground truth per segment"}
-        num_segments = len({(r[0], r[1]) for r in clean_rows})
+        num_segments = sum(len(v["scores"]) for v in clean_scores.values())
         stages.write_results(stage, {
             "clean": _three(clean), "adversarial": _three(adv), "attack": attack, "checkpoint": weights,
             "timings": {"attack_s": round(seconds, 3)}, "segments": num_segments,
