@@ -40,6 +40,8 @@ _INT_RE = re.compile(r"-?\d+", re.ASCII)
 _KINDS = ("auto", "train", "test")
 # Far above any real video (about 40 days at 30 fps); larger counts are typos or corrupt lines.
 MAX_FRAMES = 10**8
+LINE_FORMATS = ("train lines: <dir> <start> <end> <label> or <dir> <num_frames> <label>; "
+                "test lines: <dir> <num_frames> <label> <start> <end> ...")
 
 
 @dataclass
@@ -195,7 +197,10 @@ def parse_list_file(path, kind="auto"):
     parse = _parse_train if kind == "train" else _parse_test
     records = []
     for number, columns in lines:
-        record = parse(columns, f"{path}:{number}")
+        try:
+            record = parse(columns, f"{path}:{number}")
+        except ListFileError as err:  # every line error says what to do, once
+            raise ListFileError(f"{err}; fix or delete the line ({LINE_FORMATS})") from None
         record.line = number
         records.append(record)
     return records
