@@ -174,6 +174,9 @@ class FrameFolderReader(_Reader):
         return dict(zip(indices, images))
 
 
+FIX_VIDEO_FILE = " (re-download or re-encode it, or remove it from the list file)"
+
+
 class VideoFileReader(_Reader):
     """A video file read through decord (frame-accurate seeking, RGB)."""
 
@@ -182,15 +185,18 @@ class VideoFileReader(_Reader):
         import decord  # imported here: only lists that name video files need it
 
         if self.path.stat().st_size == 0:
-            raise DataError(f"video {self.path}: the video file is empty (0 bytes); frame 0 cannot be read")
+            raise DataError(f"video {self.path}: the video file is empty (0 bytes); frame 0 cannot be read"
+                            + FIX_VIDEO_FILE)
         try:
             self._video = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
         except (decord.DECORDError, RuntimeError) as err:
-            raise DataError(f"video {self.path}: cannot open the video file ({err})") from err
+            raise DataError(f"video {self.path}: cannot open the video file ({err})"
+                            + FIX_VIDEO_FILE) from err
         self._decord_error = decord.DECORDError
         on_disk = len(self._video)
         if on_disk == 0:
-            raise DataError(f"video {self.path}: the video file holds no frames; frame 0 cannot be read")
+            raise DataError(f"video {self.path}: the video file holds no frames; frame 0 cannot be read"
+                            + FIX_VIDEO_FILE)
         if on_disk < self.num_frames:
             raise DataError(
                 f"video {self.path}: the list gives {self.num_frames} frames but the file holds "
