@@ -54,7 +54,7 @@ def read_state_dict(path) -> tuple[dict, dict]:
         raise type(err)(f"checkpoint {path}: {err}") from None
     except Exception as err:  # any failure of a parser on a damaged file
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt?): "
-                              f"{type(err).__name__}: {err}") from err
+                              f"{type(err).__name__}: {err}; download or copy it again") from err
     bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise CheckpointError(f"checkpoint {path} holds non-tensor entries {bad[:10]}")
