@@ -31,6 +31,7 @@ launch() {
         echo "[runner] no CUDA GPU found: running ${num} CPU process(es) with the gloo backend" >&2
     elif [[ "$num" -gt "$found" ]]; then
         echo "error: asked for ${num} GPU(s) but only ${found} visible (CUDA_VISIBLE_DEVICES='${CUDA_VISIBLE_DEVICES:-}')" >&2
+        echo "  pass NUM_GPUs of at most ${found}, or make more GPUs visible (CUDA_VISIBLE_DEVICES)" >&2
         return 2
     fi
     # shellcheck disable=SC2086  # TORCHRUN_ARGS is a list of flags
