@@ -1,0 +1,118 @@
+"""Score your own videos with a trained FrameShield checkpoint.
+
+    python infer.py --pretrained output/synthetic/promptmil/checkpoints/best.safetensors \
+        VIDEO.mp4 FRAME_FOLDER/ --output output/infer [-cfg CONFIG.yaml] [--threshold 0.4] \
+        [--smooth] [--min-duration 1.0] [--merge-gap 0.5] [--attack] [--render] \
+        [--annotation test.txt | --intervals 10-40,80-95] [--chunk-frames 256] [--opts KEY VALUE ...]
+
+Per video, OUTPUT/<video name>/ gets scores.csv, scores.json, scores.png (and annotated.mp4
+with --render); OUTPUT/summary.json lists every video. Without -cfg the config saved beside
+the checkpoint (checkpoints/<tag>.yaml) is used. See README "Score your own videos" and
+docs/INFERENCE.md; the logic is in utils/inference.py.
+"""
+import argparse
+from types import SimpleNamespace
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="FrameShield: anomaly scores of your own videos")
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, avi, ...) or frame folders")
+    parser.add_argument("--pretrained", required=True, metavar="CKPT",
+                        help="trained checkpoint (checkpoints/best.safetensors, or any format main.py reads)")
+    parser.add_argument("-cfg", "--config", default=None, metavar="FILE",
+                        help="YAML config (default: the <tag>.yaml saved beside the checkpoint)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--opts", nargs="+", default=None, metavar="KEY VALUE", help="override config keys")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="score threshold (default: the one stored with the checkpoint, else 0.5)")
+    parser.add_argument("--smooth", action="store_true",
+                        help="apply the evaluation's 32-window smoothing to the frame scores")
+    parser.add_argument("--min-duration", type=float, default=0.0, metavar="S",
+                        help="drop detected intervals shorter than S seconds (default 0)")
+    parser.add_argument("--merge-gap", type=float, default=0.0, metavar="S",
+                        help="merge detected intervals at most S seconds apart (default 0)")
+    parser.add_argument("--attack", action="store_true",
+                        help="also score the video attacked with PGD toward 'all normal' (ATTACK.* settings)")
+    parser.add_argument("--render", action="store_true", help="write a short annotated mp4 per video")
+    parser.add_argument("--render-seconds", type=float, default=20.0, metavar="S",
+                        help="length of the annotated mp4, centred on the highest score (default 20)")
+    truth = parser.add_mutually_exclusive_group()
+    truth.add_argument("--annotation", default=None, metavar="LIST_FILE",
+                       help="test list file holding the video's ground-truth intervals")
+    truth.add_argument("--intervals", default=None, metavar="A-B,C-D",
+                       help="ground-truth frame intervals (end exclusive) of a single video")
+    parser.add_argument("--chunk-frames", type=int, default=256, metavar="N",
+                        help="video frames scored per chunk (memory bound; default 256)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate for times (default: the file's; 30 for frame folders)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from utils import inference
+    from utils.attacks import attack_settings_from_config, default_step_size
+    from utils.config import get_config, save_config
+    from utils.errors import ConfigError, DataError
+    from utils.io import atomic_write_json
+    from utils.logger import create_logger
+
+    if args.intervals and len(args.videos) > 1:
+        raise ConfigError("--intervals describes one video; with several videos use --annotation LIST_FILE")
+    config_path = inference.resolve_config_path(args.config, args.pretrained)
+    cfg = get_config(SimpleNamespace(config=str(config_path), opts=args.opts, output=args.output,
+                                     pretrained=args.pretrained))
+    log = create_logger(cfg.OUTPUT, 0)
+    save_config(cfg, f"{cfg.OUTPUT}/config.yaml")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    log.info(f"infer: {len(args.videos)} video(s) on {device}; config {config_path}")
+    model = inference.load_model(cfg, args.pretrained, device, log)
+    tokens = inference.class_tokens(cfg, device)
+    threshold, source = inference.resolve_threshold(args.threshold, args.pretrained, log)
+    log.info(f"score threshold {threshold:.4g} from {source}")
+    if cfg.TEST.SMOOTH and not args.smooth and args.threshold is None and source.endswith("validation frames)"):
+        log.info("the stored threshold was chosen on 32-window smoothed frame scores (TEST.SMOOTH); "
+                 "pass --smooth to score the same way")
+    attack = None
+    if args.attack:
+        attack = attack_settings_from_config(cfg)
+        if attack["step_size"] is None:
+            attack["step_size"] = default_step_size(attack["eps"], attack["steps"]) if attack["steps"] else 0.0
+        log.info(f"PGD toward 'all normal': eps {attack['eps'] * 255:g}/255, {attack['steps']} steps of "
+                 f"{attack['step_size'] * 255:g}/255")
+    options = inference.InferenceOptions(
+        threshold=threshold, threshold_source=source, smooth=args.smooth, min_duration=args.min_duration,
+        merge_gap=args.merge_gap, chunk_frames=args.chunk_frames, attack=attack, render=args.render,
+        render_seconds=args.render_seconds, annotation=args.annotation, intervals=args.intervals,
+        fps=args.fps, checkpoint=str(args.pretrained), show_progress=not args.no_progress)
+    results, failed, taken = [], [], set()
+    for video in args.videos:
+        out_dir = f"{cfg.OUTPUT}/{inference.unique_dir_name(video, taken)}"
+        try:
+            result = inference.infer_video(model, tokens, cfg, video, out_dir, options, log)
+        except DataError as err:
+            log.error(f"{video}: {err}")
+            failed.append({"video": str(video), "error": str(err)})
+            continue
+        results.append({k: result.get(k) for k in ("video", "num_frames", "fps", "duration_s", "max_score",
+                                                     "intervals", "auc")} | {"outputs": out_dir})
+        if "attack" in result:
+            results[-1]["attack"] = {k: result["attack"][k] for k in ("eps_255", "max_score", "auc", "max_linf_255")}
+    atomic_write_json(f"{cfg.OUTPUT}/summary.json", {
+        "checkpoint": str(args.pretrained), "config": str(config_path), "threshold": threshold,
+        "threshold_source": source, "smooth": args.smooth, "videos": results, "failed": failed})
+    if failed:
+        log.error(f"{len(failed)} of {len(args.videos)} video(s) could not be scored: "
+                  + "; ".join(f["video"] for f in failed))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    from utils.stage import run_main
+
+    run_main(main)

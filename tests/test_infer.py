@@ -1,0 +1,334 @@
+"""infer.py / utils.inference on a synthetic anomalous video (written as mp4 and as a frame
+folder) with a tiny X-CLIP trained for a few seconds in the test and saved as a FrameShield
+checkpoint (weights, state with a score threshold, config, manifest)."""
+import csv
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+import infer
+from utils import inference
+from utils.config import get_default_config
+from utils.errors import CheckpointError, ConfigError, DataError
+
+NUM_FRAMES, EVENT, MP4_FPS = 96, (36, 72), 25
+
+
+def make_cfg(paths, **overrides):
+    cfg = get_default_config()
+    cfg.defrost()
+    cfg.DATA.ROOT = str(paths["root"])
+    cfg.DATA.TRAIN_FILE = str(paths["train_list"])
+    cfg.DATA.VAL_FILE = str(paths["test_list"])
+    cfg.DATA.LABEL_LIST = str(paths["labels"])
+    cfg.DATA.INPUT_SIZE = 64
+    cfg.DATA.NUM_FRAMES = 2
+    cfg.DATA.FRAME_INTERVAL = 4
+    cfg.DATA.NUM_WORKERS = 0
+    cfg.TEST.BATCH_SIZE = 64
+    cfg.MODEL.ARCH = "tiny"
+    cfg.ATTACK.EPS = 4.0
+    cfg.ATTACK.STEPS = 5
+    cfg.ATTACK.BATCH_SIZE = 64
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    cfg.freeze()
+    return cfg
+
+
+def write_mp4(path, frames, fps):
+    """uint8 [N, H, W, 3] -> H.264 mp4 (PyAV)."""
+    import av
+
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_frames(folder, frames):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"img_{t:08}.jpg", quality=90)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """Tiny X-CLIP trained ~3 s on the small synthetic set; a 96-frame vehicle video as
+    ``clip.mp4`` (25 fps) and ``clip_frames/``; the model saved as checkpoints/best.*."""
+    from clip import tokenize
+    from datasets.build import build_test_loader
+    from datasets.synthetic import VideoSpec, make_synthetic_dataset, render_video
+    from models import xclip
+    from utils.checkpoint import save_checkpoint
+    from utils.engine import segment_ground_truth
+
+    root = tmp_path_factory.mktemp("infer")
+    paths = make_synthetic_dataset(root / "data", preset="small")
+    cfg = make_cfg(paths)
+    loader = build_test_loader(cfg)
+    videos, labels = [], []
+    for batch in loader:
+        videos.append(batch["imgs"])
+        labels.append(segment_ground_truth(batch, loader.dataset.records, False))
+    videos, labels = torch.cat(videos), torch.cat(labels)
+    torch.manual_seed(0)
+    model, _, _ = xclip.load(None, "tiny", T=2)
+    tokens = tokenize(["normal", "abnormal"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    draw = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        idx = torch.randint(0, len(videos), (16,), generator=draw)
+        loss = nn.functional.cross_entropy(model(videos[idx], tokens)["y"], labels[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+    spec = VideoSpec("test", 0, 0, NUM_FRAMES, "vehicle", EVENT, 123)
+    frames = render_video(spec)
+    write_mp4(root / "clip.mp4", frames, MP4_FPS)
+    write_frames(root / "clip_frames", frames)
+    # a threshold between the lowest and highest segment score of the video, so that the
+    # detected intervals are neither empty nor the whole video
+    source = inference.open_source(root / "clip_frames", cfg.DATA.FILENAME_TMPL)
+    scores = inference.score_video(model, tokens, source, cfg, show_progress=False).scores
+    threshold = float((scores.min() + scores.max()) / 2)
+    run = root / "run"
+    weights = save_checkpoint(str(run), "best", model, None, None, 1, 30, 0.9, cfg,
+                              extra={"score_threshold": threshold})
+    (root / "ann.txt").write_text(f"clip.mp4 {NUM_FRAMES} 1 {EVENT[0]} {EVENT[1]}\n"
+                                  f"clip_frames {NUM_FRAMES} 1 {EVENT[0]} {EVENT[1]}\n")
+    return SimpleNamespace(root=root, paths=paths, cfg=cfg, model=model, tokens=tokens, frames=frames,
+                           weights=weights, threshold=threshold)
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ----------------------------------------------------------------------------- the command
+def test_command_on_mp4_and_frame_folder(demo, tmp_path):
+    out = tmp_path / "out"
+    code = infer.main(["--pretrained", demo.weights, str(demo.root / "clip.mp4"), str(demo.root / "clip_frames"),
+                       "--output", str(out), "--annotation", str(demo.root / "ann.txt"), "--attack", "--render",
+                       "--no-progress"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [Path(v["video"]).name for v in summary["videos"]] == ["clip.mp4", "clip_frames"]
+    assert summary["threshold"] == pytest.approx(demo.threshold) and summary["failed"] == []
+    assert (out / "config.yaml").is_file() and (out / "log_rank0.txt").is_file()
+    truth = np.zeros(NUM_FRAMES, np.uint8)
+    truth[EVENT[0]:EVENT[1]] = 1
+    for name, fps, fps_source in (("clip.mp4", MP4_FPS, "decord"), ("clip_frames", 30.0, "default")):
+        folder = out / name.replace(".", "_") if (out / name.replace(".", "_")).is_dir() else out / name
+        for file in ("scores.csv", "scores.json", "scores.png", "annotated.mp4"):
+            assert (folder / file).stat().st_size > 0, (name, file)
+        result = json.loads((folder / "scores.json").read_text())
+        rows = read_csv(folder / "scores.csv")
+        # frame count and times
+        assert result["num_frames"] == NUM_FRAMES and len(rows) == NUM_FRAMES
+        assert result["fps"] == pytest.approx(fps) and result["fps_source"] == fps_source
+        assert [int(r["frame"]) for r in rows] == list(range(NUM_FRAMES))
+        np.testing.assert_allclose([float(r["time_s"]) for r in rows], np.arange(NUM_FRAMES) / fps, atol=1e-6)
+        scores = np.array(result["frames"]["score"], dtype=np.float32)
+        np.testing.assert_array_equal(np.array([float(r["score"]) for r in rows], dtype=np.float32), scores)
+        # the evaluation's mapping of segment scores to frames
+        np.testing.assert_array_equal(
+            scores, inference.frame_scores(result["segments"]["score"], NUM_FRAMES, smooth=False))
+        # intervals: exactly the runs of frames scoring above the threshold
+        above = np.zeros(NUM_FRAMES, bool)
+        for interval in result["intervals"]:
+            assert interval["end_s"] == pytest.approx(interval["end_frame"] / fps, abs=1e-6)
+            above[interval["start_frame"]:interval["end_frame"]] = True
+        assert result["intervals"], "the fixture's threshold lies inside the score range"
+        np.testing.assert_array_equal(above, scores > result["threshold"])
+        # ground truth and AUC
+        assert result["annotation"]["intervals"] == [list(EVENT)]
+        assert result["auc"] == pytest.approx(roc_auc_score(truth, scores))
+        # the attack: within eps of the clean input, lowers the anomalous frames' scores
+        attack = result["attack"]
+        assert 0 < attack["max_linf_255"] <= attack["eps_255"] + 1e-3 and attack["eps_255"] == pytest.approx(4.0)
+        attacked = np.array(result["frames"]["attacked_score"])
+        assert attacked[truth == 1].mean() < scores[truth == 1].mean() - 0.01
+        # the annotated video: decodable, frames scaled up, red border where the score is high
+        import decord
+
+        video = decord.VideoReader(str(folder / "annotated.mp4"))
+        assert len(video) == NUM_FRAMES and video[0].shape == (256, 256, 3)
+        picked = [int(np.argmax(scores)), int(np.argmin(scores))]
+        top_middle = video.get_batch(picked).asnumpy()[:, 2, 128].astype(int)
+        red = (top_middle[:, 0] > 150) & (top_middle[:, 1] < 100)
+        np.testing.assert_array_equal(red, scores[picked] > result["threshold"])
+
+
+def test_stored_threshold_default_and_smoothing(demo, tmp_path):
+    # weights only (no state file): the stated default, with a warning
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(demo.weights, bare)
+    cfg_file = Path(demo.weights).with_suffix("").with_suffix(".yaml")
+    out = tmp_path / "out"
+    code = infer.main(["--pretrained", str(bare), "-cfg", str(cfg_file), str(demo.root / "clip_frames"),
+                       "--output", str(out), "--smooth", "--fps", "12", "--intervals", "36-72", "--no-progress"])
+    assert code == 0
+    assert "WARNING the checkpoint has no stored score threshold" in (out / "log_rank0.txt").read_text()
+    result = json.loads((out / "clip_frames" / "scores.json").read_text())
+    assert result["threshold"] == inference.DEFAULT_THRESHOLD and "default" in result["threshold_source"]
+    assert result["fps"] == 12 and result["fps_source"] == "--fps" and result["smooth"] is True
+    expected = inference.frame_scores(result["segments"]["score"], NUM_FRAMES, smooth=True)
+    np.testing.assert_array_equal(np.array(result["frames"]["score"], np.float32), expected)
+    assert len(np.unique(expected)) <= 32  # 32 windows of 3 frames
+    assert result["annotation"]["intervals"] == [[36, 72]]
+    assert inference.read_stored_threshold(demo.weights)[0] == pytest.approx(demo.threshold)
+
+
+# ----------------------------------------------------------------------------- streaming
+class RecordingReader:
+    """Wraps a frame reader and records how many frames each call decodes."""
+
+    def __init__(self, reader):
+        self.reader, self.calls = reader, []
+
+    def read(self, indices):
+        self.calls.append(len(indices))
+        return self.reader.read(indices)
+
+
+def test_chunked_streaming_equals_whole_video_and_the_evaluation(demo, tmp_path):
+    from datasets.build import build_test_loader
+    from datasets.sampling import video_segments
+    from datasets.transforms import build_test_view
+    from utils.engine import evaluate
+
+    cfg = demo.cfg
+    source = inference.open_source(demo.root / "clip_frames", cfg.DATA.FILENAME_TMPL)
+    # whole video in memory, every frame decoded at once
+    everything = source.reader.read(list(range(NUM_FRAMES)))
+    segments = video_segments(NUM_FRAMES, cfg.DATA.NUM_FRAMES, cfg.DATA.FRAME_INTERVAL)
+    view = build_test_view(cfg)
+    clips = torch.stack([view(everything[list(s.frame_inds)]) for s in segments])
+    whole = inference.clip_probabilities(demo.model, clips, demo.tokens, 64).numpy()
+    for chunk_frames in (1, 20, 10**6):
+        source.reader = RecordingReader(source.reader)
+        streamed = inference.score_video(demo.model, demo.tokens, source, cfg, chunk_frames, show_progress=False)
+        np.testing.assert_allclose(streamed.scores, whole, atol=1e-6)
+        seg_len = cfg.DATA.NUM_FRAMES * cfg.DATA.FRAME_INTERVAL
+        most = cfg.DATA.NUM_FRAMES * max(1, min(chunk_frames, NUM_FRAMES) // seg_len)
+        assert max(source.reader.calls) == most  # only the sampled frames of one chunk
+        source.reader = source.reader.reader
+    # the evaluation's loader scores the same segments the same way
+    (tmp_path / "list.txt").write_text(f"clip_frames {NUM_FRAMES} 1 {EVENT[0]} {EVENT[1]}\n")
+    eval_cfg = make_cfg(demo.paths, **{"DATA.ROOT": str(demo.root)})
+    loader = build_test_loader(eval_cfg, list_file=str(tmp_path / "list.txt"))
+    import logging
+
+    result = evaluate(demo.model, loader, demo.tokens, eval_cfg, logging.getLogger("FrameShield.test"))
+    evaluated = result["videos"]["clip_frames"]
+    np.testing.assert_array_equal(evaluated["starts"], [s.start for s in segments])
+    np.testing.assert_allclose(evaluated["scores"], whole, atol=1e-6)
+
+
+def test_attack_stays_within_eps_and_lowers_scores(demo):
+    from datasets.transforms import build_test_view
+
+    view = build_test_view(demo.cfg)
+    frames = torch.from_numpy(demo.frames[EVENT[0]:EVENT[0] + 16]).permute(0, 3, 1, 2)
+    clips = torch.stack([view(frames[i:i + 2]) for i in range(0, 16, 2)])  # [8, 2, 3, 64, 64]
+    eps = 4 / 255
+    settings = {"eps": eps, "steps": 5, "step_size": None, "random_start": False, "restarts": 1}
+    adv = inference.attack_clips(demo.model, clips, demo.tokens, settings, batch_size=3)
+    assert adv.shape == clips.shape
+    assert (adv - clips).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    clean = inference.clip_probabilities(demo.model, clips, demo.tokens, 64)
+    attacked = inference.clip_probabilities(demo.model, adv, demo.tokens, 64)
+    assert (attacked <= clean + 1e-6).all() and attacked.mean() < clean.mean()
+
+
+# ----------------------------------------------------------------------------- intervals
+def test_detect_intervals_merges_and_drops():
+    scores = np.zeros(40, np.float32)
+    scores[2:5] = 0.9   # 3 frames
+    scores[7:17] = 0.8  # 10 frames, 2 frames after the first run
+    scores[30:31] = 0.7  # 1 frame
+    found = inference.detect_intervals(scores, 0.5, fps=10)
+    assert [(i["start_frame"], i["end_frame"]) for i in found] == [(2, 5), (7, 17), (30, 31)]
+    assert found[0]["start_s"] == 0.2 and found[0]["end_s"] == 0.5 and found[1]["peak_score"] == pytest.approx(0.8)
+    merged = inference.detect_intervals(scores, 0.5, fps=10, merge_gap=0.2)
+    assert [(i["start_frame"], i["end_frame"]) for i in merged] == [(2, 17), (30, 31)]
+    kept = inference.detect_intervals(scores, 0.5, fps=10, merge_gap=0.2, min_duration=0.5)
+    assert [(i["start_frame"], i["end_frame"]) for i in kept] == [(2, 17)]
+    assert inference.detect_intervals(scores, 0.9, fps=10) == []  # strictly above
+    with pytest.raises(ConfigError):
+        inference.detect_intervals(scores, 0.5, fps=10, min_duration=-1)
+
+
+def test_interval_text():
+    labels = inference.parse_interval_text("2-4, 6-8", 10)
+    assert labels.tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 0, 0]
+    for bad in ("4-2", "1-11", "a-b", "3"):
+        with pytest.raises(ConfigError, match="--intervals"):
+            inference.parse_interval_text(bad, 10)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_unreadable_and_empty_videos(demo, tmp_path):
+    tmpl = demo.cfg.DATA.FILENAME_TMPL
+    with pytest.raises(DataError, match="no such file"):
+        inference.open_source(tmp_path / "missing.mp4", tmpl)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(DataError, match="empty"):
+        inference.open_source(tmp_path / "empty.mp4", tmpl)
+    (tmp_path / "junk.mp4").write_bytes(b"not a video" * 100)
+    with pytest.raises(DataError, match="cannot read"):
+        inference.open_source(tmp_path / "junk.mp4", tmpl)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="not a frame folder"):
+        inference.open_source(tmp_path / "notes.txt", tmpl)
+    (tmp_path / "no_frames").mkdir()
+    with pytest.raises(DataError, match="zero frames"):
+        inference.open_source(tmp_path / "no_frames", tmpl)
+    one = tmp_path / "one_frame"
+    write_frames(one, demo.frames[:1])
+    source = inference.open_source(one, tmpl)
+    assert source.num_frames == 1
+    with pytest.raises(DataError, match="too short"):
+        inference.score_video(demo.model, demo.tokens, source, demo.cfg, show_progress=False)
+
+
+def test_command_errors(demo, tmp_path):
+    good = str(demo.root / "clip_frames")
+    # one bad video among good ones: the others are scored, the exit code says it failed
+    out = tmp_path / "out"
+    (tmp_path / "junk.avi").write_bytes(b"\0" * 64)
+    assert infer.main(["--pretrained", demo.weights, str(tmp_path / "junk.avi"), good,
+                       "--output", str(out), "--no-progress"]) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert [Path(v["video"]).name for v in summary["videos"]] == ["clip_frames"]
+    assert Path(summary["failed"][0]["video"]).name == "junk.avi" and "junk.avi" in summary["failed"][0]["error"]
+    # a checkpoint without a config beside it needs -cfg
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(demo.weights, bare)
+    with pytest.raises(ConfigError, match="-cfg"):
+        infer.main(["--pretrained", str(bare), good, "--output", str(tmp_path / "o2")])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        inference.load_model(demo.cfg, str(tmp_path / "none.safetensors"), "cpu")
+    with pytest.raises(ConfigError, match="one video"):
+        infer.main(["--pretrained", demo.weights, good, good, "--intervals", "1-4", "--output", str(tmp_path / "o3")])
+    with pytest.raises(ConfigError, match="threshold"):
+        infer.main(["--pretrained", demo.weights, good, "--threshold", "2", "--output", str(tmp_path / "o4")])
