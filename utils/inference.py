@@ -597,7 +597,9 @@ def unique_dir_name(path, taken):
     """A folder name for ``path``'s outputs, unique among ``taken`` (which it joins)."""
     from utils.plots import safe_file_name
 
-    base = safe_file_name(Path(path).name)
+    path = Path(path)
+    # "clip.mp4" -> "clip_mp4": an output folder named like a video file would mislead
+    base = safe_file_name(f"{path.stem}_{path.suffix[1:]}" if path.is_file() and path.suffix else path.name)
     name, k = base, 2
     while name in taken:
         name, k = f"{base}_{k}", k + 1
