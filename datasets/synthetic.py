@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from utils.errors import ConfigError, DataError
-from utils.io import atomic_write_json, atomic_write_text
+from utils.io import atomic_path, atomic_write_json, atomic_write_text
 
 GENERATOR = "frameshield-synthetic"
 GENERATOR_VERSION = 1
@@ -679,7 +679,8 @@ def render_montage(path, seed: int = 0, scale: int = 2) -> Path:
             sheet.paste(img, (left + c * (cell + pad), top + scene * (cell + pad)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, format="PNG", optimize=True)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG", optimize=True)
     return path
 
 
