@@ -338,3 +338,27 @@ def test_ddp_two_ranks_equal_single_process(tmp_path):
     run_epoch(single, [merge(batches)], make_cfg())  # the same global batch of 4 videos, one step
     torch.testing.assert_close(rank0, params(single))
     assert not torch.allclose(rank0, params(ToyVideoModel()))
+
+
+class _SelfTerminatingItems(torch.utils.data.Dataset):
+    """Each item sends SIGTERM to the process loading it (as a launcher's killpg would)."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        return torch.tensor(index)
+
+
+def test_data_workers_survive_sigterm():
+    loader = torch.utils.data.DataLoader(_SelfTerminatingItems(), batch_size=2, num_workers=1)
+    with pytest.raises(RuntimeError, match="killed by signal|exited unexpectedly"):
+        list(loader)
+    engine.protect_workers_from_sigterm(loader)
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
+    # resuming inside an epoch rebuilds the loader: the protection is kept
+    rest = engine.remaining_batches(loader, 1)
+    assert [b.tolist() for b in rest] == [[2, 3]]

@@ -12,6 +12,7 @@ rank and de-duplicated, so a sharded evaluation equals the single-process one.
 """
 import contextlib
 import itertools
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -268,6 +269,33 @@ def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state
     return outcome
 
 
+class _WorkerIgnoresSigterm:
+    """``worker_init_fn`` wrapper: DataLoader workers ignore SIGTERM, then run the original.
+
+    A launcher (torchrun) or scheduler signals whole process groups, data workers included;
+    a worker that dies of it breaks the batch the rank is waiting for, and the rank crashes
+    before it can save. Ignoring it leaves the shutdown to the rank (which stops at the next
+    optimizer step and closes its workers). Workaround kept here until datasets.build's own
+    worker_init_fn does it (see the stage engineer's report).
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, worker_id):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if self.inner is not None:
+            self.inner(worker_id)
+
+
+def protect_workers_from_sigterm(loader):
+    """Make ``loader``'s worker processes ignore SIGTERM (no-op without workers); returns it."""
+    if isinstance(loader, torch.utils.data.DataLoader) and loader.num_workers > 0 \
+            and not isinstance(loader.worker_init_fn, _WorkerIgnoresSigterm):
+        loader.worker_init_fn = _WorkerIgnoresSigterm(loader.worker_init_fn)
+    return loader
+
+
 class _SkipFirst(torch.utils.data.Sampler):
     """The keys of ``base`` after its first ``skip`` (the rest of an interrupted epoch)."""
 
@@ -511,6 +539,8 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
         state, resume_rng = load_training_state(path, model, optimizer, scheduler, logger)
         resumed_from = str(path)
     ddp_model = dist.wrap_model(model, stage.dist)
+    for loader in (train_loader, test_loader):
+        protect_workers_from_sigterm(loader)
     signals.install_stop_handler()
     timings = {"train_s": 0.0, "eval_s": 0.0}
     try:
