@@ -3,27 +3,37 @@
 The handler only sets a flag. Training loops check it at step boundaries, save a
 resumable checkpoint and exit cleanly; with several ranks, ``stop_requested(sync=True)``
 makes every rank take the same decision at the same step so none is left waiting in a
-collective. A second SIGTERM while the first is being handled gets the default action
-(the process dies), so a stuck job can still be killed.
+collective.
+
+A repeat of the signal within ``DUPLICATE_WINDOW_S`` seconds is ignored: a scheduler that
+signals every process (SLURM ``scancel``) and torchrun, which forwards the signal to its
+ranks, together deliver it twice at once, and dying on the copy would lose the
+checkpoint. A repeat after that window gets the default action (the process dies), so a
+stuck job can still be killed by sending the signal again.
 """
 import logging
 import os
 import signal
+import time
 
-_stop = {"requested": False, "signal": None}
+DUPLICATE_WINDOW_S = 5.0
+_stop = {"requested": False, "signal": None, "time": 0.0}
 _previous = {}
 logger = logging.getLogger("FrameShield.signals")
 
 
 def _handler(signum, frame):
     if _stop["requested"]:
+        if time.monotonic() - _stop["time"] < DUPLICATE_WINDOW_S:
+            return  # the same stop delivered twice (scheduler + launcher)
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
     _stop["requested"] = True
     _stop["signal"] = signum
-    logger.warning(f"received {signal.Signals(signum).name}: stopping at the next step "
-                   "boundary after saving a checkpoint (send it again to die at once)")
+    _stop["time"] = time.monotonic()
+    logger.warning(f"received {signal.Signals(signum).name}: stopping at the next step boundary "
+                   f"after saving a checkpoint (send it again after {DUPLICATE_WINDOW_S:g} s to die at once)")
 
 
 def install_stop_handler(signals=(signal.SIGTERM,)):
