@@ -72,9 +72,9 @@ def main(argv=None) -> int:
     log.info(f"infer: {len(args.videos)} video(s) on {device}; config {config_path}")
     model = inference.load_model(cfg, args.pretrained, device, log)
     tokens = inference.class_tokens(cfg, device)
-    threshold, source = inference.resolve_threshold(args.threshold, args.pretrained, log)
+    threshold, source, origin = inference.resolve_threshold(args.threshold, args.pretrained, log)
     log.info(f"score threshold {threshold:.4g} from {source}")
-    if cfg.TEST.SMOOTH and not args.smooth and args.threshold is None and source.endswith("validation frames)"):
+    if cfg.TEST.SMOOTH and not args.smooth and origin == "checkpoint":
         log.info("the stored threshold was chosen on 32-window smoothed frame scores (TEST.SMOOTH); "
                  "pass --smooth to score the same way")
     attack = None

@@ -113,8 +113,9 @@ def demo(tmp_path_factory):
     run = root / "run"
     weights = save_checkpoint(str(run), "best", model, None, None, 1, 30, 0.9, cfg,
                               extra={"score_threshold": threshold})
-    (root / "ann.txt").write_text(f"clip.mp4 {NUM_FRAMES} 1 {EVENT[0]} {EVENT[1]}\n"
-                                  f"clip_frames {NUM_FRAMES} 1 {EVENT[0]} {EVENT[1]}\n")
+    # the folder's line first: clip.mp4 must find its own line, not any line without a suffix
+    (root / "ann.txt").write_text(f"clip_frames {NUM_FRAMES} 1 {EVENT[0]} {EVENT[1]}\n"
+                                  f"clip.mp4 {NUM_FRAMES} 1 {EVENT[0] + 4} {EVENT[1]}\n")
     return SimpleNamespace(root=root, paths=paths, cfg=cfg, model=model, tokens=tokens, frames=frames,
                            weights=weights, threshold=threshold)
 
@@ -135,9 +136,10 @@ def test_command_on_mp4_and_frame_folder(demo, tmp_path):
     assert [Path(v["video"]).name for v in summary["videos"]] == ["clip.mp4", "clip_frames"]
     assert summary["threshold"] == pytest.approx(demo.threshold) and summary["failed"] == []
     assert (out / "config.yaml").is_file() and (out / "log_rank0.txt").is_file()
-    truth = np.zeros(NUM_FRAMES, np.uint8)
-    truth[EVENT[0]:EVENT[1]] = 1
-    for name, fps, fps_source in (("clip_mp4", MP4_FPS, "decord"), ("clip_frames", 30.0, "default")):
+    for name, fps, fps_source, start in (("clip_mp4", MP4_FPS, "decord", EVENT[0] + 4),
+                                         ("clip_frames", 30.0, "default", EVENT[0])):
+        truth = np.zeros(NUM_FRAMES, np.uint8)
+        truth[start:EVENT[1]] = 1
         folder = out / name
         for file in ("scores.csv", "scores.json", "scores.png", "annotated.mp4"):
             assert (folder / file).stat().st_size > 0, (name, file)
@@ -161,7 +163,7 @@ def test_command_on_mp4_and_frame_folder(demo, tmp_path):
         assert result["intervals"], "the fixture's threshold lies inside the score range"
         np.testing.assert_array_equal(above, scores > result["threshold"])
         # ground truth and AUC
-        assert result["annotation"]["intervals"] == [list(EVENT)]
+        assert result["annotation"]["intervals"] == [[start, EVENT[1]]]
         assert result["auc"] == pytest.approx(roc_auc_score(truth, scores))
         # the attack: within eps of the clean input, lowers the anomalous frames' scores
         attack = result["attack"]
@@ -333,3 +335,16 @@ def test_command_errors(demo, tmp_path):
         infer.main(["--pretrained", demo.weights, good, good, "--intervals", "1-4", "--output", str(tmp_path / "o3")])
     with pytest.raises(ConfigError, match="threshold"):
         infer.main(["--pretrained", demo.weights, good, "--threshold", "2", "--output", str(tmp_path / "o4")])
+
+
+def test_annotation_lookup(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("frames/a 10 1 2 4\nframes/clip 12 1 5 8\nclip.mp4 10 1 1 3\n")
+    exact = inference.annotation_labels(listing, tmp_path / "clip.mp4", 10)
+    assert exact.tolist() == [0, 1, 1] + [0] * 7
+    by_stem = inference.annotation_labels(listing, tmp_path / "a.avi", 10)
+    assert by_stem.tolist() == [0, 0, 1, 1] + [0] * 6
+    # the list says 12 frames, the video has 10: cut (and padded the other way), with a warning
+    cut = inference.annotation_labels(listing, tmp_path / "clip", 10)
+    assert cut.tolist() == [0] * 5 + [1] * 3 + [0] * 2
+    assert inference.annotation_labels(listing, tmp_path / "other.mp4", 10) is None

@@ -175,17 +175,18 @@ def read_stored_threshold(weights):
 
 
 def resolve_threshold(cli_value, weights, log=logger):
-    """``(threshold, source)``: the flag, else the checkpoint's, else :data:`DEFAULT_THRESHOLD`."""
+    """``(threshold, source text, origin)``: the flag (origin "flag"), else the checkpoint's
+    ("checkpoint"), else :data:`DEFAULT_THRESHOLD` ("default", logged as a warning)."""
     if cli_value is not None:
         if not 0.0 <= cli_value <= 1.0:
             raise ConfigError(f"--threshold must be within [0, 1] (a probability), got {cli_value}")
-        return float(cli_value), "--threshold"
+        return float(cli_value), "--threshold", "flag"
     stored, why = read_stored_threshold(weights) if weights else (None, "no checkpoint")
     if stored is not None:
-        return stored, why
+        return stored, why, "checkpoint"
     log.warning(f"the checkpoint has no stored score threshold ({why}); using the default "
                 f"{DEFAULT_THRESHOLD} (P(abnormal) > 0.5); pass --threshold to choose one")
-    return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} ({why})"
+    return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} ({why})", "default"
 
 
 def load_model(cfg, weights, device, log=logger):
@@ -269,18 +270,20 @@ def clip_probabilities(model, clips, tokens, batch_size, cfg=None):
     return torch.cat(out).reshape(clips.shape[0], crops).mean(dim=1)
 
 
-def attack_clips(model, clips, tokens, settings, batch_size):
+def attack_clips(model, clips, tokens, settings, batch_size, cfg=None):
     """PGD toward "all normal": every clip labelled anomalous, so P(abnormal) is pushed down.
 
     clips: [S, T, 3, s, s] (or with a crops dim) float in [0, 1]; returns the attacked clips
     of the same shape, within ``settings["eps"]`` of ``clips`` (L-inf) and inside [0, 1].
     """
     from utils.attacks import pgd_in_chunks
+    from utils.engine import autocast
 
     device = next(model.parameters()).device
     flat = clips.reshape(-1, *clips.shape[-4:]).to(device)
     labels = torch.ones(flat.shape[0], dtype=torch.long, device=device)
-    adv = pgd_in_chunks(model, flat, tokens, labels, batch_size, **settings)
+    with autocast(cfg, device) if cfg is not None else contextlib.nullcontext():
+        adv = pgd_in_chunks(model, flat, tokens, labels, batch_size, **settings)
     return adv.detach().cpu().reshape(clips.shape)
 
 
@@ -321,7 +324,7 @@ def score_video(model, tokens, source, cfg, chunk_frames=DEFAULT_CHUNK_FRAMES, a
         clips = clips_of_segments(source.reader.read(inds), group, view)
         scores.append(clip_probabilities(model, clips, tokens, cfg.TEST.BATCH_SIZE, cfg))
         if attack is not None:
-            adv = attack_clips(model, clips, tokens, attack, cfg.ATTACK.BATCH_SIZE)
+            adv = attack_clips(model, clips, tokens, attack, cfg.ATTACK.BATCH_SIZE, cfg)
             max_linf = max(max_linf, float((adv - clips).abs().max()))
             attacked.append(clip_probabilities(model, adv, tokens, cfg.TEST.BATCH_SIZE, cfg))
         bar.update(len(group))
@@ -405,13 +408,11 @@ def annotation_labels(list_file, video_path, num_frames, count_start_zero=False,
 
     records = parse_list_file(list_file, kind="test")
     path = Path(video_path)
-    for wanted in (path.name, path.stem):
-        matches = [r for r in records if video_name(r.path) in (wanted, Path(video_name(r.path)).stem)
-                   and wanted]
-        if matches:
-            record = matches[0]
-            break
-    else:
+    names = [video_name(r.path) for r in records]
+    record = next((r for r, n in zip(records, names) if n == path.name), None)
+    if record is None:  # "clip" in the list for clip.mp4, or the other way round
+        record = next((r for r, n in zip(records, names) if Path(n).stem == path.stem), None)
+    if record is None:
         log.warning(f"{path.name}: not in the annotation list {list_file}; no ground truth, no AUC")
         return None
     labels = frame_labels(record, count_start_zero)
