@@ -207,6 +207,11 @@ def test_plan_settings_from_flags(demo):
         rb.plan_settings(demo.cfg, parse("--attack", "transfer"))
     with pytest.raises(ConfigError):
         rb.plan_settings(demo.cfg, parse("--restarts", "0"))
+    settings, plan = rb.plan_settings(demo.cfg, parse("--report", "--restarts", "3", "--sweep-eps", "1", "2"))
+    assert {s.restarts for s in settings if s.attack == "pgd" and s.eps < 2 / 255} == {3}  # sweep rows
+    assert any(s.attack == "pgd" and s.restarts == 1 and s.steps == 10 for s in settings)  # the published one
+    settings, _ = rb.plan_settings(demo.cfg, parse("--sweep-attack", "square", "--sweep-steps", "5", "50"))
+    assert sorted(s.steps for s in settings if s.attack == "square") == [5, 50]
     assert not rb.robustness_requested(parse())
     assert rb.robustness_requested(parse("--sweep-steps"))
 

@@ -396,13 +396,15 @@ def plan_settings(cfg, args):
     restarts = args.restarts if args.restarts is not None else base["restarts"]
     if restarts < 1:
         raise ConfigError(f"--restarts must be >= 1, got {restarts}")
-    random_start = base["random_start"] or restarts > 1
+    random_start = base["random_start"]  # False + restarts > 1: restart 0 at the clean clip, the others random
     transfer_source = getattr(args, "transfer_from", None)
 
-    def make(attack, e, s, r=restarts, rs=random_start):
-        if attack == "square":
-            return AttackSetting("square", e, args.square_queries, r, True)
-        step_size = base["step_size"] if attack in ("pgd", "transfer") and s == steps else None
+    def make(attack, e, s, r=restarts, rs=random_start, queries=None):
+        if attack == "square":  # its steps are queries: --square-queries unless a steps sweep gives them
+            return AttackSetting("square", e, queries or args.square_queries, r, True)
+        # ATTACK.STEP_SIZE belongs to ATTACK.EPS/STEPS; other budgets get 2.5 * eps / steps
+        same_budget = s == steps and math.isclose(e, eps, rel_tol=1e-9)
+        step_size = base["step_size"] if attack in ("pgd", "transfer") and same_budget else None
         return AttackSetting(attack, e, s, r, rs, step_size)
 
     main = make(args.attack, eps, steps)
@@ -420,7 +422,7 @@ def plan_settings(cfg, args):
     if "transfer" in {s.attack for s in settings} and not transfer_source:
         raise ConfigError("--attack transfer needs --transfer-from CKPT (the model the attack is crafted on)")
     sweep_attack = args.sweep_attack or args.attack
-    plan = {"main": main.key, "sweep_attack": sweep_attack}
+    plan = {"main": main.key, "sweep_attack": sweep_attack, "restarts": restarts}
     if sweep_eps_list is not None:
         values = [float(e) for e in (sweep_eps_list or DEFAULT_SWEEP_EPS)]
         if any(e < 0 for e in values):
@@ -433,7 +435,7 @@ def plan_settings(cfg, args):
         values = sorted({int(s) for s in (sweep_steps_list or DEFAULT_SWEEP_STEPS)})
         if any(s < 0 for s in values):
             raise ConfigError(f"--sweep-steps values must be >= 0, got {values}")
-        steps_settings = [make(sweep_attack, eps, s) for s in values if s > 0]
+        steps_settings = [make(sweep_attack, eps, s, queries=s) for s in values if s > 0]
         settings += steps_settings
         plan["sweep_steps"] = {"steps": [s.steps for s in steps_settings], "eps": eps,
                                "with_clean": 0 in values}
@@ -533,7 +535,7 @@ def evaluate_robustness(model, loader, text_tokens, cfg, args, log=None, source_
     result = attack_batches(model, batches, text_tokens, settings, generator=generator, amp_dtype=amp_dtype,
                             batch_size=int(cfg.ATTACK.BATCH_SIZE), source_model=source_model,
                             source_attack=getattr(args, "transfer_attack", "pgd"))
-    gradients = gradients or None
+    gradients = _gather_gradients(gradients)
     result = _gather_pass(result)
     metrics_fn = records_metrics_fn(records, cfg.DATA.COUNT_START_ZERO, cfg.TEST.SMOOTH)
     clean, rows = metrics_of_settings(result, settings, metrics_fn)
@@ -541,17 +543,29 @@ def evaluate_robustness(model, loader, text_tokens, cfg, args, log=None, source_
     sweeps = {}
     if "sweep_eps" in plan:
         sweeps["eps"] = curve_from_rows([clean] + rows, "eps", plan["sweep_attack"], steps=plan["sweep_eps"]["steps"],
-                                        eps_list=plan["sweep_eps"]["eps"])
+                                        eps_list=plan["sweep_eps"]["eps"], restarts=plan["restarts"])
     if "sweep_steps" in plan:
         steps_list = ([0] if plan["sweep_steps"]["with_clean"] else []) + plan["sweep_steps"]["steps"]
         sweeps["steps"] = curve_from_rows([clean] + rows, "steps", plan["sweep_attack"], eps=plan["sweep_steps"]["eps"],
-                                          steps_list=steps_list)
+                                          steps_list=steps_list, restarts=plan["restarts"])
     checks = sanity_checks(clean, rows, gradients, tolerance=getattr(args, "sanity_tol", 0.02), log=log)
     log.info(format_table({"model": {"clean": clean, "rows": rows}}))
     return {"clean": clean, "main": main, "rows": rows, "sweeps": sweeps, "sanity": checks, "gradients": gradients,
             "segments": result["items"], "segments_per_s": main["segments_per_s"], "settings": plan,
             "videos": {"clean": scores_by_video(result["clean"]),
                        "adversarial": scores_by_video(result["adversarial"][plan["main"]])}}
+
+
+def _gather_gradients(stats):
+    """Sum the first-batch gradient statistics of every rank (None when no rank had a batch)."""
+    from utils import dist
+
+    parts = [p for p in dist.all_gather_object(stats or None) if p]
+    if not parts:
+        return None
+    total = {k: sum(p[k] for p in parts) for k in ("clips", "zero_clips", "nonfinite_clips")}
+    total["mean_abs"] = float(np.nanmean([p["mean_abs"] for p in parts]))
+    return total
 
 
 def _with_gradient_check(batches, model, text_tokens, amp_dtype, out):
@@ -630,13 +644,19 @@ def write_robustness_report(output_dir, results_by_model, markdown=True, transfe
             plot_sweep(curves, axis, path)
             plots[axis] = path
             paths.append(path)
-    summary = {name: {k: v for k, v in res.items() if k != "videos"} for name, res in results_by_model.items()}
-    atomic_write_json(output / "robustness.json", _json_ready(summary))
+    atomic_write_json(output / "robustness.json", summarize(results_by_model))
     paths.append(output / "robustness.json")
     if markdown:
         atomic_write_text(output / "robustness.md", render_markdown(results_by_model, plots, output, transfer_from))
         paths.append(output / "robustness.md")
     return paths
+
+
+def summarize(results_by_model) -> dict:
+    """JSON-ready copy of {model name: evaluate_robustness result} without the per-video
+    scores (NaN -> None): what robustness.json holds, e.g. for results.json["robustness"]."""
+    return _json_ready({name: {k: v for k, v in res.items() if k != "videos"}
+                        for name, res in results_by_model.items()})
 
 
 def _json_ready(obj):
