@@ -348,3 +348,19 @@ def test_annotation_lookup(tmp_path):
     cut = inference.annotation_labels(listing, tmp_path / "clip", 10)
     assert cut.tolist() == [0] * 5 + [1] * 3 + [0] * 2
     assert inference.annotation_labels(listing, tmp_path / "other.mp4", 10) is None
+
+
+def test_runner_script(demo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHON": sys.executable, "PRETRAINED": demo.weights, "OUTPUT": str(tmp_path / "out")}
+    usage = subprocess.run(["bash", str(repo / "runners" / "infer.sh")], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+    done = subprocess.run(["bash", str(repo / "runners" / "infer.sh"), str(demo.root / "clip_frames"), "--no-progress",
+                           "--threshold", "0.3"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "clip_frames: 96 frames" in done.stdout
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["threshold"] == 0.3
