@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     log = create_logger(cfg.OUTPUT, 0)
     save_config(cfg, f"{cfg.OUTPUT}/config.yaml")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     log.info(f"infer: {len(args.videos)} video(s) on {device}; config {config_path}")
     model = inference.load_model(cfg, args.pretrained, device, log)
     tokens = inference.class_tokens(cfg, device)

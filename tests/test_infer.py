@@ -235,16 +235,20 @@ def test_chunked_streaming_equals_whole_video_and_the_evaluation(demo, tmp_path)
         most = cfg.DATA.NUM_FRAMES * max(1, min(chunk_frames, NUM_FRAMES) // seg_len)
         assert max(source.reader.calls) == most  # only the sampled frames of one chunk
         source.reader = source.reader.reader
-    # the evaluation's loader scores the same segments the same way
-    (tmp_path / "list.txt").write_text(f"clip_frames {NUM_FRAMES} 1 {EVENT[0]} {EVENT[1]}\n")
-    eval_cfg = make_cfg(demo.paths, **{"DATA.ROOT": str(demo.root)})
-    loader = build_test_loader(eval_cfg, list_file=str(tmp_path / "list.txt"))
+    # the evaluation's loader scores the same segments the same way (one view or three crops)
     import logging
 
-    result = evaluate(demo.model, loader, demo.tokens, eval_cfg, logging.getLogger("FrameShield.test"))
-    evaluated = result["videos"]["clip_frames"]
-    np.testing.assert_array_equal(evaluated["starts"], [s.start for s in segments])
-    np.testing.assert_allclose(evaluated["scores"], whole, atol=1e-6)
+    (tmp_path / "list.txt").write_text(f"clip_frames {NUM_FRAMES} 1 {EVENT[0]} {EVENT[1]}\n")
+    for crops in (1, 3):
+        eval_cfg = make_cfg(demo.paths, **{"DATA.ROOT": str(demo.root), "TEST.NUM_CROP": crops})
+        loader = build_test_loader(eval_cfg, list_file=str(tmp_path / "list.txt"))
+        result = evaluate(demo.model, loader, demo.tokens, eval_cfg, logging.getLogger("FrameShield.test"))
+        evaluated = result["videos"]["clip_frames"]
+        np.testing.assert_array_equal(evaluated["starts"], [s.start for s in segments])
+        streamed = inference.score_video(demo.model, demo.tokens, source, eval_cfg, 20, show_progress=False)
+        np.testing.assert_allclose(streamed.scores, evaluated["scores"], atol=1e-6)
+        if crops == 1:
+            np.testing.assert_allclose(evaluated["scores"], whole, atol=1e-6)
 
 
 def test_attack_stays_within_eps_and_lowers_scores(demo):
@@ -333,6 +337,9 @@ def test_command_errors(demo, tmp_path):
         inference.load_model(demo.cfg, str(tmp_path / "none.safetensors"), "cpu")
     with pytest.raises(ConfigError, match="one video"):
         infer.main(["--pretrained", demo.weights, good, good, "--intervals", "1-4", "--output", str(tmp_path / "o3")])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            infer.main(["--pretrained", demo.weights, good, "--device", "cuda", "--output", str(tmp_path / "o5")])
     with pytest.raises(ConfigError, match="threshold"):
         infer.main(["--pretrained", demo.weights, good, "--threshold", "2", "--output", str(tmp_path / "o4")])
 

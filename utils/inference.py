@@ -33,7 +33,7 @@ import io
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -297,7 +297,6 @@ class SegmentScores:
     attacked: np.ndarray | None = None
     max_linf: float = 0.0  # largest |attacked - clean| input pixel change, [0, 1] units
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def score_video(model, tokens, source, cfg, chunk_frames=DEFAULT_CHUNK_FRAMES, attack=None,
