@@ -7,6 +7,8 @@ A checkpoint ``tag`` (``last``, ``best``, ``epoch_{N}``) in ``OUTPUT/checkpoints
   loadable with ``torch.load(weights_only=True)``);
 - ``{tag}.yaml``: the merged config;
 - ``{tag}.manifest.json``: size and SHA-256 of the three files, written last.
+While ``tag`` is being overwritten, its previous valid version stays available as
+``{tag}.previous`` (hard links, removed once the new manifest is written).
 Every file is written atomically. A checkpoint counts as valid only when its manifest
 exists and matches the files, so a kill at any point of a save (or a truncated copy)
 leaves a checkpoint that is detected and skipped in favour of an older valid one.
@@ -16,9 +18,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import pickle  # only for its exception type; nothing is unpickled with it
 import random
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -102,6 +106,7 @@ def save_checkpoint(output_dir, tag, model, optimizer, scheduler, epoch, step, b
         "state": folder / f"{tag}.state.pt",
         "config": folder / f"{tag}.yaml",
     }
+    _keep_previous(folder, tag)
     save_safetensors(model.state_dict(), files["weights"],
                      metadata={"tag": tag, "epoch": str(epoch), "step": str(step)})
     _atomic_torch_save(state, files["state"])
@@ -114,8 +119,43 @@ def save_checkpoint(output_dir, tag, model, optimizer, scheduler, epoch, step, b
                   for path in files.values()},
     }
     atomic_write_json(folder / f"{tag}.manifest.json", manifest)
+    _remove_checkpoint(folder, f"{tag}.previous")  # also one left by an earlier failed save
     logger.info(f"saved checkpoint {files['weights']} (epoch {epoch}, step {step})")
     return str(files["weights"])
+
+
+def _keep_previous(folder, tag):
+    """Before ``tag`` is overwritten, hard-link its files (when valid) as ``{tag}.previous``.
+
+    The files of ``tag`` are replaced one by one, so a kill during a save leaves ``tag``
+    invalid; the linked copy (same bytes, own manifest) is then the checkpoint that
+    auto-resume falls back to. An invalid ``tag`` (a save that already failed) is left alone,
+    so the good copy of an earlier save is not replaced by a broken one.
+    """
+    base = folder / tag
+    if not verify_checkpoint(base)[0]:
+        return
+    previous = f"{tag}.previous"
+    manifest = json.loads(base.with_name(tag + ".manifest.json").read_text())
+    (folder / f"{previous}.manifest.json").unlink(missing_ok=True)  # invalid while relinked
+    linked = {}
+    for name, entry in manifest["files"].items():
+        target = folder / (previous + name[len(tag):])
+        target.unlink(missing_ok=True)
+        try:
+            os.link(folder / name, target)
+        except OSError:  # a file system without hard links: copy instead
+            shutil.copy2(folder / name, target)
+        linked[target.name] = entry
+    atomic_write_text(folder / f"{previous}.manifest.json",
+                      json.dumps({**manifest, "tag": previous, "files": linked}, indent=2) + "\n")
+
+
+def _remove_checkpoint(folder, tag):
+    """Delete checkpoint ``tag`` (manifest first, so a partial removal is never valid)."""
+    (folder / f"{tag}.manifest.json").unlink(missing_ok=True)
+    for suffix in SUFFIXES:
+        (folder / f"{tag}{suffix}").unlink(missing_ok=True)
 
 
 def _atomic_torch_save(obj, path):
