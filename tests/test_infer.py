@@ -340,6 +340,11 @@ def test_command_errors(demo, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             infer.main(["--pretrained", demo.weights, good, "--device", "cuda", "--output", str(tmp_path / "o5")])
+    for flag, value in (("--chunk-frames", "0"), ("--min-duration", "-1"), ("--merge-gap", "-0.5"),
+                        ("--render-seconds", "0"), ("--fps", "0")):
+        with pytest.raises(ConfigError, match=flag):
+            infer.main(["--pretrained", demo.weights, good, flag, value, "--output", str(tmp_path / "o6")])
+        assert not (tmp_path / "o6" / "summary.json").exists()
     with pytest.raises(ConfigError, match="threshold"):
         infer.main(["--pretrained", demo.weights, good, "--threshold", "2", "--output", str(tmp_path / "o4")])
 

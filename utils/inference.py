@@ -592,6 +592,18 @@ class InferenceOptions:
     checkpoint: str | None = None
     show_progress: bool = True
 
+    def __post_init__(self):
+        """Refuse bad flags before any video is scored."""
+        checks = [(self.chunk_frames > 0, f"--chunk-frames must be positive, got {self.chunk_frames}"),
+                  (self.min_duration >= 0, f"--min-duration must be >= 0 seconds, got {self.min_duration}"),
+                  (self.merge_gap >= 0, f"--merge-gap must be >= 0 seconds, got {self.merge_gap}"),
+                  (self.render_seconds > 0, f"--render-seconds must be positive, got {self.render_seconds}"),
+                  (self.fps is None or (self.fps > 0 and math.isfinite(self.fps)),
+                   f"--fps must be a positive number, got {self.fps}")]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
 
 def unique_dir_name(path, taken):
     """A folder name for ``path``'s outputs, unique among ``taken`` (which it joins)."""
