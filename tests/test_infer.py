@@ -10,6 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -376,3 +378,39 @@ def test_runner_script(demo, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "clip_frames: 96 frames" in done.stdout
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["threshold"] == 0.3
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 1, width=32), min_size=1, max_size=60), st.floats(0, 1),
+       st.sampled_from([0.0, 0.1, 0.3]), st.sampled_from([0.0, 0.2, 0.5]))
+def test_intervals_properties(scores, threshold, merge_gap, min_duration):
+    scores = np.array(scores, np.float32)
+    found = inference.detect_intervals(scores, threshold, fps=10, min_duration=min_duration, merge_gap=merge_gap)
+    above = scores > threshold
+    covered = np.zeros(len(scores), bool)
+    previous_end = None
+    for interval in found:
+        start, end = interval["start_frame"], interval["end_frame"]
+        assert start < end and above[start] and above[end - 1]  # starts and ends on frames above
+        assert (end - start) / 10 >= min_duration - 1e-9
+        if previous_end is not None:
+            assert (start - previous_end) / 10 > merge_gap  # farther apart than the merge gap
+        previous_end = end
+        covered[start:end] = True
+    if merge_gap == 0 and min_duration == 0:
+        np.testing.assert_array_equal(covered, above)
+    else:
+        assert not (covered & ~above).any() or merge_gap > 0  # only merging covers frames below
+        assert not (above & ~covered).any() or min_duration > 0  # only the minimum drops frames above
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 4), st.integers(1, 5), st.integers(1, 100))
+def test_chunks_cover_the_segments_in_order(num_frames, clip_len, interval, chunk_frames):
+    from datasets.sampling import video_segments
+
+    segments = video_segments(num_frames, clip_len, interval)
+    groups = list(inference.segment_chunks(segments, chunk_frames))
+    assert [s for g in groups for s in g] == segments
+    for group in groups:
+        assert len(group) == 1 or sum(s.length for s in group) <= chunk_frames
