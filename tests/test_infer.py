@@ -201,6 +201,14 @@ def test_stored_threshold_default_and_smoothing(demo, tmp_path):
     assert len(np.unique(expected)) <= 32  # 32 windows of 3 frames
     assert result["annotation"]["intervals"] == [[36, 72]]
     assert inference.read_stored_threshold(demo.weights)[0] == pytest.approx(demo.threshold)
+    # a 'last' checkpoint carries the training state's threshold dict instead
+    from utils.checkpoint import save_checkpoint
+
+    last = save_checkpoint(str(tmp_path / "run"), "last", demo.model, None, None, 2, 60, 0.9, demo.cfg,
+                           extra={"threshold": {"f1": 0.25, "youden": 0.5}})
+    value, source, origin = inference.resolve_threshold(None, last)
+    assert (value, origin) == (0.25, "checkpoint") and "extra.threshold.f1" in source
+    assert inference.resolve_threshold(0.7, last)[::2] == (0.7, "flag")
 
 
 # ----------------------------------------------------------------------------- streaming

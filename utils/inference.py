@@ -165,13 +165,18 @@ def read_stored_threshold(weights):
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError,
             zipfile.BadZipFile) as err:
         raise CheckpointError(f"cannot read {state_file}: {type(err).__name__}: {err}") from err
-    value = (state.get("extra") or {}).get("score_threshold") if isinstance(state, dict) else None
+    extra = (state.get("extra") or {}) if isinstance(state, dict) else {}
+    # best.*: extra.score_threshold; every checkpoint of a training run also carries the
+    # training state's threshold dict (that of the best evaluation so far)
+    value, key = extra.get("score_threshold"), "extra.score_threshold"
+    if value is None and isinstance(extra.get("threshold"), dict):
+        value, key = extra["threshold"].get("f1"), "extra.threshold.f1"
     if value is None:
-        return None, f"{state_file.name} holds no score_threshold"
+        return None, f"{state_file.name} holds no score threshold"
     value = float(value)
     if not math.isfinite(value):
-        return None, f"{state_file.name} holds a non-finite score_threshold ({value})"
-    return value, f"{state_file} (extra.score_threshold, max F1 on the validation frames)"
+        return None, f"{state_file.name} holds a non-finite score threshold ({value})"
+    return value, f"{state_file} ({key}, max F1 on the validation frames)"
 
 
 def resolve_threshold(cli_value, weights, log=logger):
