@@ -18,9 +18,10 @@ Frame rate: video files use decord's average frame rate; frame folders have none
 use ``fps`` (default :data:`DEFAULT_FOLDER_FPS`); an explicit ``fps`` overrides both.
 
 Threshold: the training stages store the score threshold chosen on the validation frames
-(max F1) in ``checkpoints/<tag>.state.pt`` (``extra.score_threshold``, see
-``utils.engine.fit``); a checkpoint without one (other formats, or no defined threshold)
-uses :data:`DEFAULT_THRESHOLD`, logged as a warning.
+(max F1) in ``checkpoints/<tag>.state.pt`` (``extra.score_threshold`` in ``best``, and
+``extra.threshold.f1`` in every checkpoint of a training run; see ``utils.engine.fit``); a
+checkpoint without one (other formats, or no defined threshold) uses
+:data:`DEFAULT_THRESHOLD`, logged as a warning.
 
 Attack (optional): every clip is attacked with L-inf PGD (``utils.attacks.pgd``, ATTACK.*
 settings) with clip label "anomalous", which makes the attacker push P(abnormal) down: an
