@@ -41,11 +41,12 @@ def install_kill(kill, setattr=setattr):
     kill: None; ("step", n, "SIGKILL"|"SIGTERM") sends the signal to this process just before
     its n-th training micro-batch (counted in this process); ("write", name, n) SIGKILLs it
     just before the n-th rename of a checkpoint file called ``name`` (a save half done);
-    ("nan", n) makes the n-th micro-batch's loss NaN.
+    ("nan", n) makes the n-th micro-batch's loss NaN; ("raise", n) raises a RuntimeError there
+    (a crash of this rank alone, outside any collective).
     """
     from utils import engine
 
-    if kill and kill[0] in ("step", "nan"):
+    if kill and kill[0] in ("step", "nan", "raise"):
         original, count = engine.train_one_epoch, {"n": 0}
 
         def train_one_epoch(model, loader, optimizer, scheduler, tokens, cfg, state, step_fn, *args, **kwargs):
@@ -53,6 +54,8 @@ def install_kill(kill, setattr=setattr):
                 count["n"] += 1
                 if count["n"] == kill[1] and kill[0] == "step":
                     os.kill(os.getpid(), getattr(signal, kill[2]))
+                if count["n"] == kill[1] and kill[0] == "raise":
+                    raise RuntimeError(f"this rank crashes on purpose at micro-batch {count['n']}")
                 loss, parts = step_fn(*step_args)
                 if count["n"] == kill[1] and kill[0] == "nan":
                     loss = loss * float("nan")
@@ -189,34 +192,49 @@ def test_advtrain_killed_mid_step_and_mid_save_then_resumed_equals_uninterrupted
     assert [h["auc_all"] for h in resumed["history"]] == [h["auc_all"] for h in full["history"]]
 
 
-def test_sigterm_on_one_of_two_ranks_stops_both_with_a_resumable_checkpoint(data, tmp_path):
-    """Two gloo ranks (torchrun's environment); only rank 1 gets SIGTERM, before its 2nd micro-batch.
-    Both ranks stop after that optimizer step, rank 0 saves 'last', both exit 0, promptly."""
+def two_ranks(data, output, opts, kills, limit_s):
+    """Start main.py on 2 gloo ranks with torchrun's environment; (exit codes, outputs, seconds)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    opts = ["TRAIN.EPOCHS", "2", "TRAIN.BATCH_SIZE", "1"]  # 4 videos per rank, 4 micro-batches
     procs = []
     for rank in range(2):
         env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "FRAMESHIELD_DIST_TIMEOUT": "60"}
-        kill = ("step", 2, "SIGTERM") if rank == 1 else None
-        procs.append(start("main", CI, tmp_path, data, opts, kill=kill, env=env))
+        procs.append(start("main", CI, output, data, opts, kill=kills[rank], env=env))
     started, outputs = time.time(), []
     for proc in procs:
         try:
-            outputs.append(proc.communicate(timeout=max(1.0, 150 - (time.time() - started)))[0])
+            outputs.append(proc.communicate(timeout=max(1.0, limit_s - (time.time() - started)))[0])
         except subprocess.TimeoutExpired:
             for p in procs:
                 p.kill()
-            pytest.fail("the ranks did not stop together within 150 s")
-    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
+            pytest.fail(f"the ranks did not stop together within {limit_s} s")
+    return [p.returncode for p in procs], outputs, time.time() - started
+
+
+def test_sigterm_on_one_of_two_ranks_stops_both_with_a_resumable_checkpoint(data, tmp_path):
+    """Only rank 1 gets SIGTERM, before its 2nd micro-batch. Both ranks stop after that
+    optimizer step, rank 0 saves 'last' (with both ranks' RNG states), both exit 0."""
+    opts = ["TRAIN.EPOCHS", "2", "TRAIN.BATCH_SIZE", "1"]  # 4 videos per rank, 4 micro-batches
+    codes, outputs, _ = two_ranks(data, tmp_path, opts, [None, ("step", 2, "SIGTERM")], limit_s=150)
+    assert codes == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
     state = state_of(tmp_path)
     assert (state["epoch"], state["step"], state["extra"]["batch_in_epoch"]) == (0, 2, 2)
     assert state["extra"]["world_size"] == 2 and len(state["extra"]["rng"]) == 2
     assert "received SIGTERM" in (tmp_path / "log_rank1.txt").read_text()
     assert "stopped by a signal" in (tmp_path / "log_rank0.txt").read_text()
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_rank_that_crashes_makes_both_exit_non_zero_promptly(data, tmp_path):
+    """Rank 1 raises in its 2nd micro-batch while rank 0 goes on to the next collective:
+    rank 0 must fail too, well before the 60 s collective timeout, not hang."""
+    opts = ["TRAIN.EPOCHS", "1", "TRAIN.BATCH_SIZE", "1"]
+    codes, outputs, seconds = two_ranks(data, tmp_path, opts, [None, ("raise", 2)], limit_s=150)
+    assert codes[0] != 0 and codes[1] != 0, "\n\n".join(o[-3000:] for o in outputs)
+    assert "crashes on purpose" in outputs[1]
+    assert seconds < 60, f"rank 0 waited {seconds:.0f} s for the crashed rank"
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
