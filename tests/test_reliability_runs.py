@@ -28,8 +28,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 CI = "configs/synthetic/synthetic_ci.yaml"
 CI_ADV = "configs/synthetic/synthetic_ci_advtrain.yaml"
-TRAIN_VIDEOS = ["04_0000", "02_0001", "01_0002", "03_0003", "03_0005", "02_0006", "03_0007", "01_0011"]
-TEST_VIDEOS = ["04_0000", "01_0002", "01_0003", "02_0006"]
 SMALL = ["DATA.NUM_CLIPS", "2", "TRAIN.ACCUMULATION_STEPS", "1", "MODEL.DROP_PATH_RATE", "0.2",
          "TRAIN.AUTO_RESUME", "True", "PRINT_FREQ", "100"]
 KILL_SEED = 2025
@@ -95,12 +93,19 @@ def data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic_dataset(root, preset="small", seed=0)
-    train = [line for line in (root / "train.txt").read_text().splitlines() if line.split()[0][-7:] in TRAIN_VIDEOS]
-    test = [line for line in (root / "test.txt").read_text().splitlines() if line.split()[0][-7:] in TEST_VIDEOS]
-    assert len(train) == 8 and len(test) == 4
+    train = first_of_each_class((root / "train.txt").read_text().splitlines(), label_column=3, count=4)
+    test = first_of_each_class((root / "test.txt").read_text().splitlines(), label_column=2, count=2)
     (root / "train8.txt").write_text("\n".join(train) + "\n")
     (root / "test4.txt").write_text("\n".join(test) + "\n")
     return ["DATA.ROOT", str(root), "DATA.TRAIN_FILE", str(root / "train8.txt"), "DATA.VAL_FILE", str(root / "test4.txt")]
+
+
+def first_of_each_class(lines, label_column, count):
+    """The first ``count`` normal and ``count`` anomalous lines, in list order."""
+    normal = [line for line in lines if int(line.split()[label_column]) == 0][:count]
+    anomalous = [line for line in lines if int(line.split()[label_column]) > 0][:count]
+    assert len(normal) == len(anomalous) == count, "the small preset has too few videos of a class"
+    return [line for line in lines if line in normal + anomalous]
 
 
 def start(entry, config, output, data, opts=(), kill=None, env=None):
@@ -115,11 +120,19 @@ def start(entry, config, output, data, opts=(), kill=None, env=None):
                             stderr=subprocess.STDOUT, text=True)
 
 
-def run(entry, config, output, data, opts=(), kill=None, expect=0, timeout=120):
-    proc = start(entry, config, output, data, opts, kill)
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == expect, f"{entry} {kill}: exit {proc.returncode}, expected {expect}\n{out[-4000:]}"
+def finish(proc, what, expect=0, timeout=120):
+    """Wait for a started run; its console output (asserting its exit code)."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{what} ran for more than {timeout} s")
+    assert proc.returncode == expect, f"{what}: exit {proc.returncode}, expected {expect}\n{out[-4000:]}"
     return out
+
+
+def run(entry, config, output, data, opts=(), kill=None, expect=0, timeout=120):
+    return finish(start(entry, config, output, data, opts, kill), f"{entry} {kill}", expect, timeout)
 
 
 def assert_same_weights(a, b):
@@ -140,7 +153,7 @@ def test_promptmil_killed_three_ways_then_resumed_equals_uninterrupted(data, tmp
     SIGTERM and a SIGKILL at random micro-batches; the final weights equal an uninterrupted run's."""
     draw = random.Random(KILL_SEED)
     opts = ["TRAIN.EPOCHS", "3"]
-    run("main", CI, tmp_path / "full", data, opts)
+    reference = start("main", CI, tmp_path / "full", data, opts)  # alongside the interrupted runs
     out = tmp_path / "killed"
 
     # 1. SIGKILL between the renames of epoch 2's last.safetensors and last.state.pt
@@ -165,6 +178,7 @@ def test_promptmil_killed_three_ways_then_resumed_equals_uninterrupted(data, tmp
 
     # 4. the same command again finishes the run
     run("main", CI, out, data, opts)
+    finish(reference, "the uninterrupted run")
     assert_same_weights(tmp_path / "full" / "checkpoints" / "last.safetensors", folder / "last.safetensors")
     full = json.loads((tmp_path / "full" / "results.json").read_text())
     resumed = json.loads((out / "results.json").read_text())
@@ -178,7 +192,7 @@ def test_advtrain_killed_mid_step_and_mid_save_then_resumed_equals_uninterrupted
     random micro-batch of epoch 2, then SIGKILL just before a manifest rename; resume equals uninterrupted."""
     draw = random.Random(KILL_SEED + 1)
     opts = ["TRAIN.EPOCHS", "2", "ADV_TRAIN.PSEUDO_LABEL", "False", "ADV_TRAIN.SRD_PROB", "1.0", "ATTACK.STEPS", "1"]
-    run("main_advtrain", CI_ADV, tmp_path / "full", data, opts)
+    reference = start("main_advtrain", CI_ADV, tmp_path / "full", data, opts)  # alongside the interrupted runs
     out = tmp_path / "killed"
     n_kill = draw.randint(5, 8)  # in epoch 2
     run("main_advtrain", CI_ADV, out, data, opts, kill=("step", n_kill, "SIGKILL"), expect=-signal.SIGKILL)
@@ -186,6 +200,7 @@ def test_advtrain_killed_mid_step_and_mid_save_then_resumed_equals_uninterrupted
     run("main_advtrain", CI_ADV, out, data, opts, kill=("write", "last.manifest.json", 1), expect=-signal.SIGKILL)
     assert not ckpt.verify_checkpoint(out / "checkpoints" / "last")[0]
     run("main_advtrain", CI_ADV, out, data, opts)
+    finish(reference, "the uninterrupted run")
     assert_same_weights(tmp_path / "full" / "checkpoints" / "last.safetensors", out / "checkpoints" / "last.safetensors")
     full = json.loads((tmp_path / "full" / "results.json").read_text())
     resumed = json.loads((out / "results.json").read_text())
