@@ -270,3 +270,22 @@ def test_more_gpus_than_present_in_the_runner(tmp_path):
     assert "asked for 2 GPU(s) but only 1 visible" in proc.stderr
     assert re.search(r"NUM_GPUs .*at most 1|ask for at most 1", proc.stderr), proc.stderr
     assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_output_folder_of_another_run(tmp_path):
+    """Point 3: a stage refuses a folder holding a run with another config, naming the keys."""
+    from utils.config import get_default_config, save_config
+    from utils.stage import check_output_folder
+
+    cfg = get_default_config()
+    save_config(cfg, tmp_path / "config.yaml")
+    (tmp_path / "results.json").write_text("{}")
+    assert check_output_folder(cfg, tmp_path, overwrite=False) is True  # the same run: resume
+    cfg.defrost()
+    cfg.TRAIN.LR = 1e-3
+    err = raised(check_output_folder, cfg, tmp_path, overwrite=False)
+    check_message(err, ConfigError, [str(tmp_path), "TRAIN.LR"], r"another --output, or pass --overwrite")
+    assert check_output_folder(cfg, tmp_path, overwrite=True) is False
+    (tmp_path / "config.yaml").unlink()
+    err = raised(check_output_folder, cfg, tmp_path, overwrite=False)
+    check_message(err, ConfigError, [str(tmp_path), "no config.yaml"], r"another --output, or pass --overwrite")

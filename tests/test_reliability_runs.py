@@ -36,8 +36,9 @@ KILL_SEED = 2025
 def install_kill(kill, setattr=setattr):
     """Arrange for this process to be stopped at a chosen point (``setattr`` patches modules).
 
-    kill: None; ("step", n, "SIGKILL"|"SIGTERM") sends the signal to this process just before
-    its n-th training micro-batch (counted in this process); ("write", name, n) SIGKILLs it
+    kill: None; ("step", n, "SIGKILL"|"SIGTERM") sends the signal to this process group (this
+    process and its data-loader workers) just before its n-th training micro-batch (counted
+    in this process); ("write", name, n) SIGKILLs it
     just before the n-th rename of a checkpoint file called ``name`` (a save half done);
     ("nan", n) makes the n-th micro-batch's loss NaN; ("raise", n) raises a RuntimeError there
     (a crash of this rank alone, outside any collective).
@@ -50,8 +51,8 @@ def install_kill(kill, setattr=setattr):
         def train_one_epoch(model, loader, optimizer, scheduler, tokens, cfg, state, step_fn, *args, **kwargs):
             def step(*step_args):
                 count["n"] += 1
-                if count["n"] == kill[1] and kill[0] == "step":
-                    os.kill(os.getpid(), getattr(signal, kill[2]))
+                if count["n"] == kill[1] and kill[0] == "step":  # to the data workers too, as schedulers do
+                    os.killpg(os.getpgrp(), getattr(signal, kill[2]))
                 if count["n"] == kill[1] and kill[0] == "raise":
                     raise RuntimeError(f"this rank crashes on purpose at micro-batch {count['n']}")
                 loss, parts = step_fn(*step_args)
@@ -117,7 +118,7 @@ def start(entry, config, output, data, opts=(), kill=None, env=None):
         if name not in (env or {}):
             env.pop(name, None)
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def finish(proc, what, expect=0, timeout=120):
@@ -149,10 +150,11 @@ def state_of(output, tag="last"):
 
 
 def test_promptmil_killed_three_ways_then_resumed_equals_uninterrupted(data, tmp_path):
-    """main.py, 3 epochs x 4 micro-batches: SIGKILL while epoch 2's 'last' is half saved, then a
-    SIGTERM and a SIGKILL at random micro-batches; the final weights equal an uninterrupted run's."""
+    """main.py, 3 epochs x 4 micro-batches, one data worker: SIGKILL while epoch 2's 'last' is half
+    saved, then a SIGTERM and a SIGKILL (to the process group) at random micro-batches; the final
+    weights equal an uninterrupted run's."""
     draw = random.Random(KILL_SEED)
-    opts = ["TRAIN.EPOCHS", "3"]
+    opts = ["TRAIN.EPOCHS", "3", "DATA.NUM_WORKERS", "1"]  # a worker process gets the signals too
     reference = start("main", CI, tmp_path / "full", data, opts)  # alongside the interrupted runs
     out = tmp_path / "killed"
 
