@@ -568,12 +568,12 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
                     state.best_metric = float(value)
                     state.best = {"epoch": state.epoch, **metrics}
                     state.threshold = choose_threshold(result["eval"])
+                    if on_best is not None:  # before the checkpoint: a kill in between redoes both
+                        on_best(result, state.epoch)
                     save_training_state(stage, "best", model, optimizer, scheduler, state,
                                         extra={"score_threshold": state.threshold["f1"]})
                     logger.info(f"new best AUC@all {value:.4f} at epoch {state.epoch}; "
                                 f"score threshold (max F1) {state.threshold['f1']}")
-                    if on_best is not None:
-                        on_best(result, state.epoch)
             save_training_state(stage, "last", model, optimizer, scheduler, state)
             if signals.stop_requested(sync=True):
                 logger.warning(f"stopped by a signal after epoch {state.epoch}; run the same command again to continue")
