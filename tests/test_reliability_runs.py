@@ -39,7 +39,7 @@ def install_kill(kill, setattr=setattr):
     kill: None; ("step", n, "SIGKILL"|"SIGTERM") sends the signal to this process group (this
     process and its data-loader workers) just before its n-th training micro-batch (counted
     in this process); ("write", name, n) SIGKILLs it
-    just before the n-th rename of a checkpoint file called ``name`` (a save half done);
+    just before the n-th rename of a file called ``name`` into place (a save half done);
     ("nan", n) makes the n-th micro-batch's loss NaN; ("raise", n) raises a RuntimeError there
     (a crash of this rank alone, outside any collective).
     """
@@ -67,7 +67,7 @@ def install_kill(kill, setattr=setattr):
         real_replace, seen = os.replace, {"n": 0}
 
         def replace(src, dst, *args, **kwargs):
-            if Path(dst).name == kill[1] and Path(dst).parent.name == "checkpoints":
+            if Path(dst).name == kill[1]:
                 seen["n"] += 1
                 if seen["n"] == kill[2]:
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -207,6 +207,23 @@ def test_advtrain_killed_mid_step_and_mid_save_then_resumed_equals_uninterrupted
     full = json.loads((tmp_path / "full" / "results.json").read_text())
     resumed = json.loads((out / "results.json").read_text())
     assert [h["auc_all"] for h in resumed["history"]] == [h["auc_all"] for h in full["history"]]
+
+
+def test_killed_between_the_best_checkpoint_and_its_scores_then_resumed(data, tmp_path):
+    """SIGKILL just before scores.npz of the best epoch is renamed into place: the resumed run
+    must still end with the scores (and plots) of its best epoch, as the uninterrupted run."""
+    from utils.stage import read_scores
+
+    opts = ["TRAIN.EPOCHS", "1"]
+    reference = start("main", CI, tmp_path / "full", data, opts)
+    out = tmp_path / "killed"
+    run("main", CI, out, data, opts, kill=("write", "scores.npz", 1), expect=-signal.SIGKILL)
+    run("main", CI, out, data, opts)
+    finish(reference, "the uninterrupted run")
+    assert (out / "scores.npz").is_file(), "the resumed run has no scores.npz"
+    a, b = read_scores(tmp_path / "full" / "scores.npz"), read_scores(out / "scores.npz")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert (out / "plots" / "roc.png").is_file()
 
 
 def two_ranks(data, output, opts, kills, limit_s):
