@@ -64,12 +64,13 @@ def test_list_path_missing_on_disk(data):
     check_message(err, DataError, [f"{data / 'test.txt'}:2", "frames/gone"], r"check DATA\.ROOT")
 
 
-def test_list_path_escaping_data_root(data):
+@pytest.mark.parametrize("entry", ["../../etc", "/etc", "frames/../../etc"])
+def test_list_path_escaping_data_root(data, entry):
     from datasets.build import build_train_loader
 
-    (data / "train.txt").write_text("frames/v0 0 24 0\n../../etc 0 24 1\n")
+    (data / "train.txt").write_text(f"frames/v0 0 24 0\n{entry} 0 24 1\n")
     err = raised(build_train_loader, tiny_cfg(data))
-    check_message(err, ListFileError, [f"{data / 'train.txt'}:2", "../../etc"], r"DATA\.ALLOW_OUTSIDE_ROOT")
+    check_message(err, ListFileError, [f"{data / 'train.txt'}:2", entry], r"DATA\.ALLOW_OUTSIDE_ROOT")
 
 
 def test_labels_csv_with_wrong_columns(tmp_path):
