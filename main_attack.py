@@ -7,14 +7,28 @@
 Each test segment is attacked with its ground-truth label (anomalous if any of its sampled
 frames is). Writes OUTPUT/results.json ({"clean": {...}, "adversarial": {...}, "attack": {...}}),
 scores.npz (clean_scores and adversarial_scores) and plots/.
+
+Stronger evaluation (docs/ROBUSTNESS.md): --attack apgd-ce|apgd-margin|square|transfer,
+--restarts, --sweep-eps, --sweep-steps, --transfer-from CKPT, and --report (the full suite,
+sanity checks against gradient masking, robustness.md; --report-models NAME=CKPT ... puts
+several checkpoints side by side).
 """
 from utils.config import build_arg_parser
 
 
+def parse_args(argv=None):
+    from utils.robustness import add_robustness_args
+
+    parser = build_arg_parser("FrameShield stage 3: attack evaluation")
+    add_robustness_args(parser)
+    return parser.parse_args(argv)
+
+
 def main(argv=None) -> int:
-    args = build_arg_parser("FrameShield stage 3: PGD attack evaluation").parse_args(argv)
+    args = parse_args(argv)
     from datasets.build import build_test_loader
     from utils import dist, engine, stage as stages
+    from utils import robustness
     from utils.attacks import attack_settings_from_config, default_step_size
 
     stage = stages.setup_stage("attack", args)
@@ -24,6 +38,8 @@ def main(argv=None) -> int:
         weights = stages.weights_to_test(stage)
         model = stages.build_model(stage, weights)
         loader = build_test_loader(cfg, dist_info=stage.dist)
+        if robustness.robustness_requested(args):
+            return _robustness_stage(stage, args, loader, tokens, weights)
         settings = attack_settings_from_config(cfg)
         if settings["step_size"] is None:
             settings["step_size"] = default_step_size(settings["eps"], settings["steps"]) if settings["steps"] else 0.0
@@ -52,6 +68,25 @@ def main(argv=None) -> int:
         return 0
     finally:
         dist.cleanup()
+
+
+def _robustness_stage(stage, args, loader, tokens, weights):
+    """The --attack/--sweep-*/--report path: every setting on one pass per model."""
+    import time
+
+    from utils import robustness, stage as stages
+
+    start = time.perf_counter()
+    results = robustness.run_robustness(stage, args, loader, tokens, lambda w: stages.build_model(stage, w),
+                                        weights=weights)
+    summary = robustness.summarize(results)
+    first = next(iter(summary.values()))
+    stages.write_results(stage, {
+        "clean": _three(first["clean"]), "adversarial": _three(first["main"]),
+        "attack": first["settings"], "checkpoint": weights,
+        "timings": {"robustness_s": round(time.perf_counter() - start, 3)},
+        "segments_per_s": first.get("segments_per_s"), "robustness": summary})
+    return 0
 
 
 def _three(metrics):

@@ -216,3 +216,24 @@ def test_random_init_is_the_same_on_every_rank():
     for (name, a), b in zip(rank0.state_dict().items(), rank1.state_dict().values()):
         assert torch.equal(a, b), name
     assert torch.equal(torch.rand(3), after)  # the rank's own stream is left where it was
+
+
+def test_attack_report_through_main_attack(stage1, data_opts, tmp_path):
+    """main_attack.py's robustness flags: the full suite (cut to a few steps), the eps
+    sweep, sanity checks and robustness.md, with results.json keeping its published keys."""
+    best = str(stage1 / "checkpoints" / "best.safetensors")
+    run(main_attack, CI_ATTACK, tmp_path, data_opts, "--pretrained", best, "--report",
+        "--strong-steps", "3", "--square-queries", "10", "--sweep-eps", "0", "2", "8",
+        "--sweep-steps", "1", "3", "--transfer-from", best, opts=["ATTACK.STEPS", "3"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("clean", "adversarial"):
+        assert set(results[key]) == {"auc_all", "auc_ano", "ap"}
+    (model,) = results["robustness"].values()
+    attacks = {row["attack"] for row in model["rows"]}
+    assert {"pgd", "apgd-ce", "apgd-margin", "square", "transfer"} <= attacks
+    assert model["sweeps"]["eps"]["eps_255"] == pytest.approx([0, 2, 8])
+    assert model["sweeps"]["steps"]["steps"][-2:] == [1, 3]
+    assert model["sweeps"]["eps"]["auc_all"][1] < model["sweeps"]["eps"]["auc_all"][0]
+    assert {"monotone-eps", "input-gradients"} <= {check["check"] for check in model["sanity"]} and (tmp_path / "plots" / "robustness_steps.png").is_file()
+    assert (tmp_path / "robustness.md").is_file() and (tmp_path / "robustness.json").is_file()
+    assert (tmp_path / "plots" / "robustness_eps.png").is_file()
