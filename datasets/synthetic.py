@@ -48,11 +48,15 @@ from utils.errors import ConfigError, DataError
 from utils.io import atomic_path, atomic_write_json, atomic_write_text
 
 GENERATOR = "frameshield-synthetic"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FRAME_SIZE = 64
 FILENAME_TMPL = "img_{:08}.jpg"
 JPEG_QUALITY = 90
 ANOMALY_TYPES = ("vehicle", "runner", "fight", "fire")
+# Events are drawn at EVENT_SCALE x the pedestrians' pixel scale (version 2; version 1 drew
+# them at 1x): a from-scratch tiny ViT with 8 px patches barely saw a 9x5 runner among 9x5
+# walkers and stayed near chance for the demo's whole CPU budget.
+EVENT_SCALE = 2
 SPLITS = ("train", "test")
 _SCENE_SEED = 20251  # scenes are fixed cameras: independent of the dataset seed
 
@@ -296,6 +300,18 @@ def _vehicle_sprite(color):
     return s
 
 
+def _upscale(sprite, factor=EVENT_SCALE):
+    """Nearest-neighbour enlargement of an RGBA sprite [h,w,4] -> [h*f,w*f,4]."""
+    return np.ascontiguousarray(sprite.repeat(factor, axis=0).repeat(factor, axis=1))
+
+
+def _inside(x, y, w, h, margin=1):
+    """Top-left (x, y) moved so that a w x h sprite stays ``margin`` px off the frame border."""
+    x = min(max(x, margin), FRAME_SIZE - 1 - margin - w)
+    y = min(max(y, margin), FRAME_SIZE - 1 - margin - h)
+    return x, y
+
+
 def _paste(canvas, sprite, x, y, alpha=1.0):
     """Alpha-composite RGBA ``sprite`` [h,w,4] onto ``canvas`` [H,W,3] at top-left (x, y).
 
@@ -388,10 +404,10 @@ def _event_drawer(spec, scene):
     n = end - start
     kind = spec.anomaly
     if kind == "vehicle":
-        sprite = _vehicle_sprite(_CARS[rng.integers(len(_CARS))])
+        sprite = _upscale(_vehicle_sprite(_CARS[rng.integers(len(_CARS))]))
         h, w = sprite.shape[:2]
         a, b = _inner_segment(scene.routes[scene.event_route], w, h)
-        centres, forward = _ping_pong(rng, a, b, n, rng.uniform(1.6, 2.6))
+        centres, forward = _ping_pong(rng, a, b, n, EVENT_SCALE * rng.uniform(0.8, 1.3))
         flipped = sprite[:, ::-1]
 
         def draw(canvas, k):
@@ -399,10 +415,10 @@ def _event_drawer(spec, scene):
         return draw
     if kind == "runner":
         look = _random_person(rng)
-        poses = [_person_sprite(*look, 2), _person_sprite(*look, 0)]
-        h, w = 9, 5
+        poses = [_upscale(_person_sprite(*look, 2)), _upscale(_person_sprite(*look, 0))]
+        h, w = poses[0].shape[:2]
         a, b = _inner_segment(scene.routes[scene.event_route], w, h)
-        speed = rng.uniform(1.8, 2.8)
+        speed = EVENT_SCALE * rng.uniform(0.9, 1.4)
         centres, forward = _ping_pong(rng, a, b, n, speed)
 
         def draw(canvas, k):
@@ -416,38 +432,44 @@ def _event_drawer(spec, scene):
         cx, cy = scene.spots[rng.integers(len(scene.spots))]
         looks = [_random_person(rng), _random_person(rng)]
         # fighter 0 faces right, fighter 1 (mirrored) faces left: arms raised or punching
-        fighters = [[_person_sprite(*look, 3), _punch_sprite(*look)] for look in looks]
+        fighters = [[_upscale(_person_sprite(*look, 3)), _upscale(_punch_sprite(*look))] for look in looks]
         fighters[1] = [sp[:, ::-1] for sp in fighters[1]]
-        jitter = np.stack([rng.integers(-3, 4, (n, 2)), rng.integers(-1, 2, (n, 2))], -1)
+        jitter = EVENT_SCALE * np.stack([rng.integers(-3, 4, (n, 2)), rng.integers(-1, 2, (n, 2))], -1)
         pose = rng.integers(0, 2, (n, 2))
         down = rng.random(n) < 0.3  # one fighter knocked to the ground now and then
-        dust = _rgba(5, 16)
+        e = EVENT_SCALE
+        dust = _rgba(5 * e, 16 * e)
         dust[..., :3] = (0.62, 0.56, 0.45)
+        # the whole group (fighters + jitter + dust) stays inside the frame
+        cx = min(max(cx, 8 * e + 2), FRAME_SIZE - 8 * e - 3)
+        cy = min(max(cy, 10 * e + 2), FRAME_SIZE - 6 * e - 3)
 
         def draw(canvas, k):
             flick = np.random.default_rng([spec.seed, spec.index, 8, k])
-            dust[..., 3] = 0.7 * flick.random((5, 16)).astype(np.float32)
-            _paste(canvas, dust, cx - 8, cy + 1)
+            dust[..., 3] = 0.7 * flick.random(dust.shape[:2]).astype(np.float32)
+            _paste(canvas, dust, *_inside(cx - 8 * e, cy + e, *dust.shape[1::-1]))
             for who in (0, 1):
                 sprite = fighters[who][pose[k, who]]
-                x = cx - 6 + 5 * who + jitter[k, who, 0]
-                y = cy - 6 + jitter[k, who, 1]
+                x = cx - 6 * e + 5 * e * who + jitter[k, who, 0]
+                y = cy - 6 * e + jitter[k, who, 1]
                 if who == 1 and down[k]:
                     sprite = np.ascontiguousarray(sprite.transpose(1, 0, 2)[::-1])
                     y = cy
-                _paste(canvas, sprite, x, y)
+                _paste(canvas, sprite, *_inside(x, y, *sprite.shape[1::-1]))
         return draw
     if kind == "fire":
         cx, cy = scene.spots[rng.integers(len(scene.spots))]
-        fh, fw = 14, 11
+        fh, fw = 14 * EVENT_SCALE, 11 * EVENT_SCALE
+        cx = min(max(cx, fw // 2 + 4), FRAME_SIZE - fw // 2 - 4)
+        cy = min(max(cy, fh + 2), FRAME_SIZE - 12)  # the glow stays off the bottom border
         ys, xs = np.mgrid[0:fh, 0:fw].astype(np.float32)
         height = 1 - ys / fh  # 0 at the base, 1 at the top
         envelope = np.exp(-((xs - fw / 2 + 0.5) / (fw / 2 * (1 - 0.7 * height) + 0.5)) ** 2)
         envelope *= 1.2 - height
         colours = np.array([(0.75, 0.1, 0.02), (1.0, 0.5, 0.05), (1.0, 0.95, 0.45)], np.float32)
-        smoke_h = 10
+        smoke_h = 10 * EVENT_SCALE
         gy, gx = np.mgrid[0:FRAME_SIZE, 0:FRAME_SIZE].astype(np.float32)
-        glow = np.exp(-((gx - cx) ** 2 + (gy - cy + 2) ** 2) / (2 * 7.0 ** 2))[..., None]
+        glow = np.exp(-((gx - cx) ** 2 + (gy - cy + 2) ** 2) / (2 * 10.0 ** 2))[..., None]
         glow = glow * np.array([0.25, 0.06, -0.12], np.float32)  # warm light on the ground
 
         def draw(canvas, k):
@@ -460,7 +482,7 @@ def _event_drawer(spec, scene):
             drift = flick.random((smoke_h, fw + 4)).astype(np.float32)
             smoke[..., :3] = 0.35
             smoke[..., 3] = 0.55 * drift * np.linspace(0.3, 1, smoke_h)[:, None]
-            _paste(canvas, smoke, x0 - 2, max(y0 - smoke_h + 2, 0))
+            _paste(canvas, smoke, x0 - 2, max(y0 - smoke_h + 2, 1))
             sprite = _rgba(fh, fw)
             lo = np.floor(np.clip(level, 0, 1.999)).astype(int)
             frac = np.clip(level - lo, 0, 1)[..., None]
