@@ -7,8 +7,8 @@ then projects onto the eps-ball around the clean clip and onto [0, 1].
 Pixel space is [0, 1]; ``eps`` and ``step_size`` are in those units (EPS / 255).
 """
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
+from utils import strong_attacks
 from utils.errors import ConfigError
 
 
@@ -38,8 +38,8 @@ def pgd(model, videos, text_tokens, clip_labels, eps, steps=10, step_size=None,
     videos: [N, T, 3, H, W] float in [0, 1]. clip_labels: [N] (0 normal, >0 anomalous).
     eps, step_size: [0, 1] units; step_size None = 2.5 * eps / steps.
     random_start: start from a uniform point of the eps-ball (drawn with ``generator``).
-    restarts: number of runs (needs random_start); per clip the run whose final
-        objective coef * P(abnormal) is highest is kept.
+    restarts: number of runs (needs random_start), attacked together as one batch; per
+        clip the run whose final objective coef * P(abnormal) is highest is kept.
     forward_fn: optional callable(videos) -> logits [N, C] used instead of
         ``model(videos, text_tokens)["y"]`` (e.g. to reuse precomputed text features).
 
@@ -63,49 +63,13 @@ def pgd(model, videos, text_tokens, clip_labels, eps, steps=10, step_size=None,
     if step_size is None:
         step_size = default_step_size(eps, steps) if steps > 0 else 0.0
 
-    net = model.module if isinstance(model, DistributedDataParallel) else model
     if forward_fn is None:
-        def forward_fn(x):
-            return net(x, text_tokens)["y"]
-
-    coef = torch.where(clip_labels == 0, 1.0, -1.0).to(videos.dtype)
-    clean = videos.detach()
-    was_training = net.training
-    net.eval()
-    try:
-        best, best_objective = None, None
-        for _ in range(restarts):
-            adv = _one_run(forward_fn, clean, coef, eps, steps, step_size, random_start, generator)
-            if restarts == 1:
-                return adv
-            with torch.no_grad():
-                objective = coef * forward_fn(adv).softmax(dim=-1)[:, 1]
-            if best is None:
-                best, best_objective = adv, objective
-            else:
-                better = objective > best_objective
-                best = torch.where(better.view(-1, *([1] * (adv.dim() - 1))), adv, best)
-                best_objective = torch.maximum(objective, best_objective)
-        return best
-    finally:
-        net.train(was_training)
-
-
-def _one_run(forward_fn, clean, coef, eps, steps, step_size, random_start, generator):
-    adv = clean.clone()
-    if random_start:
-        noise = torch.rand(clean.shape, generator=generator, dtype=clean.dtype,
-                           device=generator.device if generator is not None else clean.device)
-        adv = (clean + (2 * noise.to(clean.device) - 1) * eps).clamp(0, 1)
-    for _ in range(steps):
-        adv.requires_grad_(True)
-        with torch.enable_grad():
-            probs = forward_fn(adv).softmax(dim=-1)[:, 1]
-            objective = torch.dot(coef, probs.to(coef.dtype))
-            (grad,) = torch.autograd.grad(objective, adv)
-        adv = adv.detach() + step_size * grad.sign()
-        adv = (clean + (adv - clean).clamp(-eps, eps)).clamp(0, 1)
-    return adv.detach()
+        forward_fn = strong_attacks.make_forward(model, text_tokens)
+    # One implementation of the update: utils.strong_attacks.pgd (restarts batched; with
+    # one restart, no random start and the "prob" objective it is the published update).
+    return strong_attacks.pgd(model, videos, text_tokens, clip_labels, eps, steps=steps, step_size=step_size,
+                              restarts=restarts, random_start=random_start, generator=generator,
+                              objective="prob", forward=forward_fn)
 
 
 def pgd_in_chunks(model, videos, text_tokens, clip_labels, batch_size, **attack_kwargs):

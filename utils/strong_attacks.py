@@ -102,18 +102,12 @@ def make_forward(model, text_tokens, amp_dtype=None):
 
 
 def _is_xclip(net):
-    return all(hasattr(net, a) for a in ("encode_video", "encode_text", "prompts_generator", "fix_text"))
+    return all(hasattr(net, a) for a in ("forward_with_text_features", "encode_text", "fix_text"))
 
 
 def _xclip_logits(net, videos, text):
-    """X-CLIP's forward (models/xclip.py) with precomputed text features [C, D] -> logits [N, C]."""
-    video_features, visual_tokens = net.encode_video(net.normalize(videos))
-    visual_tokens = visual_tokens.mean(dim=1)
-    text = text.unsqueeze(0).expand(videos.shape[0], -1, -1)
-    text = text + net.prompts_generator(text, visual_tokens)
-    feature_v = F.normalize(video_features, dim=-1)
-    feature_t = F.normalize(text, dim=-1)
-    return net.logit_scale.exp() * torch.einsum("bd,bcd->bc", feature_v, feature_t)
+    """X-CLIP's forward with precomputed text features [C, D] -> logits [N, C]."""
+    return net.forward_with_text_features(videos, text)["y"]
 
 
 def _autocast(device, dtype):
