@@ -27,15 +27,10 @@ def main(argv=None) -> int:
             return 0
         model = stages.build_model(stage)
         train_loader = build_train_loader(stage.cfg, stage.dist)
-        best = {}
-
-        def on_best(result, epoch):
-            best["result"] = result
-            stages.write_scores(stage, {"clean": result["videos"]}, {"clean": result["eval"]})
-
-        summary = engine.fit(stage, model, train_loader, test_loader, tokens, engine.promptmil_step, on_best)
+        best = stages.BestEvaluation(stage)
+        summary = engine.fit(stage, model, train_loader, test_loader, tokens, engine.promptmil_step, best)
         if not summary["stopped"]:
-            stages.report_training(stage, summary, best.get("result"))
+            stages.report_training(stage, summary, best.result)
         return 0
     finally:
         dist.cleanup()

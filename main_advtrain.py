@@ -41,18 +41,13 @@ def main(argv=None) -> int:
             stage.logger.info(f"read pseudo labels of {len(labels)} videos from {target}")
         model = stages.build_model(stage)
         test_loader = build_test_loader(cfg, dist_info=stage.dist)
-        best = {}
-
-        def on_best(result, epoch):
-            best["result"] = result
-            stages.write_scores(stage, {"clean": result["videos"]}, {"clean": result["eval"]})
-
+        best = stages.BestEvaluation(stage)
         step = engine.make_advtrain_step(labels)
-        summary = engine.fit(stage, model, train_loader, test_loader, tokens, step, on_best)
+        summary = engine.fit(stage, model, train_loader, test_loader, tokens, step, best)
         if not summary["stopped"]:
             summary["pseudo_labels"] = str(target) if labels is not None else None
             summary["attack"] = engine.train_attack_settings(cfg)
-            stages.report_training(stage, summary, best.get("result"))
+            stages.report_training(stage, summary, best.result)
         return 0
     finally:
         dist.cleanup()

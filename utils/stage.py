@@ -205,6 +205,18 @@ def _finite(obj):
     return obj
 
 
+class BestEvaluation:
+    """``on_best`` callback of :func:`utils.engine.fit`: keeps the best evaluation and writes
+    its clean scores (``OUTPUT/scores.npz``) each time a new best is found."""
+
+    def __init__(self, stage: Stage):
+        self.stage, self.result = stage, None
+
+    def __call__(self, result, epoch):
+        self.result = result
+        write_scores(self.stage, {"clean": result["videos"]}, {"clean": result["eval"]})
+
+
 def write_scores(stage: Stage, score_sets: dict, evals: dict, name="scores.npz") -> None:
     """Per-video segment and frame scores as ``OUTPUT/scores.npz`` (rank 0; no pickle).
 
