@@ -343,7 +343,7 @@ class Runner:
             return
         self._last_status = now
         width = 70 if len(running) == 1 else 52
-        text = " | ".join(f"{key.split('/')[-1]}: {last_progress(log, width)}"
+        text = " | ".join(f"{key.replace('seed', 's')}: {last_progress(log, width)}"
                           for key, (_, _, log, _) in running.items())
         line = f"[demo {self.clock()}] {text}"
         if self.tty:
@@ -645,17 +645,14 @@ def detect_gpus(device: str) -> int:
 
 
 def ensure_dataset(preset: str, data_root: Path, say) -> None:
+    """Generate the preset's synthetic dataset into ``data_root`` unless it is already there
+    (make_synthetic_dataset returns at once for the same preset, seed and generator version)."""
     from datasets.synthetic import make_synthetic_dataset
 
     data = PRESETS[preset].data
-    if (data_root / "meta.json").is_file():
-        meta = read_json(data_root / "meta.json")
-        if meta.get("preset") == data:
-            say(f"dataset: reusing {data_root} ({data} preset)")
-            # make_synthetic_dataset also checks the generator version and seed (returns at once if same)
     started = time.time()
     make_synthetic_dataset(data_root, preset=data, seed=0)
-    say(f"dataset: {data_root} ready ({data} preset, {time.time() - started:.1f} s)")
+    say(f"dataset: {data_root} ({data} preset) ready in {time.time() - started:.1f} s")
 
 
 def run_demo(preset="default", seeds=(0,), output="output/demo", device="auto", jobs=0, data_dir=None,
