@@ -11,6 +11,7 @@ OUTPUT/summary.json, OUTPUT/summary.md and OUTPUT/plots/. Run the same command a
 resume after an interruption (finished stages are reused). See utils/demo.py.
 """
 import argparse
+import signal
 import sys
 
 
@@ -36,6 +37,10 @@ def build_parser():
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from utils.demo import run_demo
@@ -44,6 +49,12 @@ def main(argv=None) -> int:
     if args.seeds < 1:
         print("error: --seeds must be at least 1", file=sys.stderr)
         return 2
+    # a stop request (Ctrl-C, or SIGTERM from a scheduler / `kill`) ends the demo through
+    # KeyboardInterrupt, whose cleanup sends SIGTERM to the running stages (training stages
+    # checkpoint and stop), so the same command resumes later
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         run_demo(preset=args.preset, seeds=range(args.first_seed, args.first_seed + args.seeds),
                  output=args.output, device=args.device, jobs=args.jobs, data_dir=args.data,
