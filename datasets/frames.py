@@ -9,6 +9,7 @@ frame is replaced by its nearest readable neighbour instead, and counted in ``re
 Which reader is used is decided by what is on disk, not by the name in the list: a TAD
 entry ``frames/abnormal/01_Accident_006.mp4`` may be a folder of frames.
 """
+import abc
 import logging
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def open_video(path, num_frames, filename_tmpl="img_{:08}.jpg", list_start=0,
     raise DataError(f"video {path}: no such folder or file; check DATA.ROOT and the list file")
 
 
-class _Reader:
+class _Reader(abc.ABC):
     """Shared part of the readers: index checks and nearest-readable replacement."""
 
     def __init__(self, path, num_frames, replace_bad):
@@ -124,8 +125,9 @@ class _Reader:
                     return frame
         raise DataError(f"video {self.path}: no readable frame at all ({err})")
 
+    @abc.abstractmethod
     def _decode_batch(self, indices):
-        raise NotImplementedError
+        """{frame index: uint8 [3, H, W]} for ``indices``; DataError naming the frame on failure."""
 
 
 class FrameFolderReader(_Reader):

@@ -97,8 +97,7 @@ def _read_torch_pickle(path: Path):
         fmt = "torch"
     except pickle.UnpicklingError:
         # weights_only refuses dict subclasses such as yacs CfgNode: use our allow-list.
-        obj = torch.load(path, map_location="cpu", weights_only=False,
-                         pickle_module=safe_pickle)
+        obj = torch.load(path, map_location="cpu", pickle_module=safe_pickle, weights_only=False)
         fmt = "legacy_pickle"
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "lr_scheduler")}

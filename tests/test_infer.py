@@ -17,33 +17,15 @@ from torch import nn
 
 import infer
 from utils import inference
-from utils.config import get_default_config
+from tests.cfg_helpers import tiny_synthetic_cfg
 from utils.errors import CheckpointError, ConfigError, DataError
 
 NUM_FRAMES, EVENT, MP4_FPS = 96, (36, 72), 25
 
 
 def make_cfg(paths, **overrides):
-    cfg = get_default_config()
-    cfg.defrost()
-    cfg.DATA.ROOT = str(paths["root"])
-    cfg.DATA.TRAIN_FILE = str(paths["train_list"])
-    cfg.DATA.VAL_FILE = str(paths["test_list"])
-    cfg.DATA.LABEL_LIST = str(paths["labels"])
-    cfg.DATA.INPUT_SIZE = 64
-    cfg.DATA.NUM_FRAMES = 2
-    cfg.DATA.FRAME_INTERVAL = 4
-    cfg.DATA.NUM_WORKERS = 0
-    cfg.TEST.BATCH_SIZE = 64
-    cfg.MODEL.ARCH = "tiny"
-    cfg.ATTACK.EPS = 4.0
-    cfg.ATTACK.STEPS = 5
-    cfg.ATTACK.BATCH_SIZE = 64
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        setattr(getattr(cfg, section), name, value)
-    cfg.freeze()
-    return cfg
+    return tiny_synthetic_cfg(paths, **{"DATA.LABEL_LIST": str(paths["labels"]), "ATTACK.EPS": 4.0,
+                                        "ATTACK.STEPS": 5, **overrides})
 
 
 def write_mp4(path, frames, fps):

@@ -12,29 +12,13 @@ from torch import nn
 
 from utils import robustness as rb
 from utils import strong_attacks as sa
-from utils.config import build_arg_parser, get_default_config
+from tests.cfg_helpers import tiny_synthetic_cfg
+from utils.config import build_arg_parser
 from utils.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------- fixtures
-def make_cfg(paths, **overrides):
-    cfg = get_default_config()
-    cfg.defrost()
-    cfg.DATA.ROOT = str(paths["root"])
-    cfg.DATA.TRAIN_FILE = str(paths["train_list"])
-    cfg.DATA.VAL_FILE = str(paths["test_list"])
-    cfg.DATA.INPUT_SIZE = 64
-    cfg.DATA.NUM_FRAMES = 2
-    cfg.DATA.FRAME_INTERVAL = 4
-    cfg.DATA.NUM_WORKERS = 0
-    cfg.TEST.BATCH_SIZE = 64
-    cfg.MODEL.ARCH = "tiny"
-    cfg.ATTACK.BATCH_SIZE = 64
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        setattr(getattr(cfg, section), name, value)
-    cfg.freeze()
-    return cfg
+make_cfg = tiny_synthetic_cfg
 
 
 @pytest.fixture(scope="module")
