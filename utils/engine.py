@@ -343,8 +343,9 @@ def _scheduler_step(scheduler, step):
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _segment_probs(model, imgs, text_tokens, cfg, device):
-    """Class probabilities [B, C] of test items [B, T, 3, H, W] or [B, crops, T, 3, H, W]."""
+def segment_probabilities(model, imgs, text_tokens, cfg, device):
+    """Class probabilities [B, C] of test items [B, T, 3, H, W] or [B, crops, T, 3, H, W]
+    (the mean over crops): how every evaluation, attack and inference scores a segment."""
     crops = imgs.shape[1] if imgs.dim() == 6 else 1
     flat = imgs.reshape(-1, *imgs.shape[-4:])
     with autocast(cfg, device):
@@ -376,7 +377,7 @@ def evaluate(model, loader, text_tokens, cfg, logger, desc="test"):
     net.eval()
     rows, started = [], time.time()
     for batch in progress(loader, desc=desc):
-        probs = _segment_probs(net, batch["imgs"].to(device, non_blocking=True), text_tokens, cfg, device)
+        probs = segment_probabilities(net, batch["imgs"].to(device, non_blocking=True), text_tokens, cfg, device)
         for i in range(probs.shape[0]):
             rows.append((batch["path"][i], int(batch["seg_start"][i]), int(batch["seg_len"][i]),
                          float(probs[i, 1])))
@@ -439,7 +440,7 @@ def generate_pseudo_labels(model, loader, text_tokens, cfg, logger):
     net.eval()
     rows = []
     for batch in progress(loader, desc="pseudo labels"):
-        probs = _segment_probs(net, batch["imgs"].to(device, non_blocking=True), text_tokens, cfg, device)
+        probs = segment_probabilities(net, batch["imgs"].to(device, non_blocking=True), text_tokens, cfg, device)
         classes = probs.argmax(dim=-1)
         for i in range(probs.shape[0]):
             rows.append((batch["path"][i], int(batch["seg_start"][i]), int(batch["seg_len"][i]),
@@ -490,12 +491,12 @@ def evaluate_attack(model, loader, text_tokens, cfg, logger, attack_settings):
         crops = imgs.shape[1] if imgs.dim() == 6 else 1
         flat = imgs.reshape(-1, *imgs.shape[-4:])
         with torch.no_grad():
-            clean = _segment_probs(net, imgs, text_tokens, cfg, device)
+            clean = segment_probabilities(net, imgs, text_tokens, cfg, device)
         with autocast(cfg, device):
             adv = pgd_in_chunks(net, flat, text_tokens, truth.repeat_interleave(crops), cfg.ATTACK.BATCH_SIZE,
                                 **attack_settings)
         with torch.no_grad():
-            attacked = _segment_probs(net, adv.reshape(imgs.shape), text_tokens, cfg, device)
+            attacked = segment_probabilities(net, adv.reshape(imgs.shape), text_tokens, cfg, device)
         for i in range(imgs.shape[0]):
             key = (batch["path"][i], int(batch["seg_start"][i]), int(batch["seg_len"][i]))
             clean_rows.append((*key, float(clean[i, 1])))

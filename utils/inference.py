@@ -260,20 +260,19 @@ def clips_of_segments(frames, segments, view):
 
 
 def clip_probabilities(model, clips, tokens, batch_size, cfg=None):
-    """P(abnormal) [S] of clips [S, T, 3, s, s] or [S, crops, T, 3, s, s] (crop mean)."""
-    from utils.engine import autocast
+    """P(abnormal) [S] of clips [S, T, 3, s, s] or [S, crops, T, 3, s, s] (crop mean),
+    scored as the evaluation scores them (utils.engine.segment_probabilities)."""
+    from utils.config import get_default_config
+    from utils.engine import segment_probabilities
 
-    crops = clips.shape[1] if clips.dim() == 6 else 1
-    flat = clips.reshape(-1, *clips.shape[-4:])
+    cfg = cfg if cfg is not None else get_default_config()
     device = next(model.parameters()).device
     out = []
     with torch.no_grad():
-        for i in range(0, flat.shape[0], batch_size):
-            part = flat[i:i + batch_size].to(device)
-            with autocast(cfg, device) if cfg is not None else contextlib.nullcontext():
-                logits = model(part, tokens)["y"]
-            out.append(logits.float().softmax(dim=-1)[:, 1].cpu())
-    return torch.cat(out).reshape(clips.shape[0], crops).mean(dim=1)
+        for i in range(0, clips.shape[0], batch_size):
+            part = clips[i:i + batch_size].to(device)
+            out.append(segment_probabilities(model, part, tokens, cfg, device)[:, 1].cpu())
+    return torch.cat(out)
 
 
 def attack_clips(model, clips, tokens, settings, batch_size, cfg=None):
