@@ -287,11 +287,15 @@ def test_crafted_checkpoint_through_the_stage_is_refused(tmp_path, capsys):
     import main as promptmil_main
     from utils.stage import run_main
 
+    from datasets.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", preset="small", seed=0)
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": _RunsCommand(marker)}, evil)
     argv = ["-cfg", "configs/synthetic/synthetic_ci.yaml", "--output", str(tmp_path / "out"), "--only_test",
-            "--pretrained", str(evil)]
+            "--pretrained", str(evil), "--opts", "DATA.ROOT", str(data["root"]),
+            "DATA.TRAIN_FILE", str(data["train_list"]), "DATA.VAL_FILE", str(data["test_list"])]
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: promptmil_main.main(argv))
     assert exit_info.value.code == 2
