@@ -173,21 +173,30 @@ class VisionTransformer(nn.Module):
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int,
                  heads: int, output_dim: int):
         super().__init__()
-        grid = patch_grid(input_resolution, patch_size)
-        scale = width ** -0.5
-        self.input_resolution = input_resolution
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
-        self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
-        self.ln_post = LayerNorm(width)
-        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        init_vit(self, input_resolution, patch_size, width, output_dim, lambda: Transformer(width, layers, heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = embed_patches(self, x)
         x = self.transformer(x)
         return self.ln_post(x[:, 0]) @ self.proj
+
+
+def init_vit(vit: nn.Module, input_resolution: int, patch_size: int, width: int,
+             output_dim: int, make_transformer) -> None:
+    """Give ``vit`` CLIP's ViT parameters around ``make_transformer()``: conv1 (patch
+    embedding, no bias), class_embedding, positional_embedding, ln_pre, transformer,
+    ln_post, proj. The transformer is built in that order, so a seeded random init draws
+    the same numbers as it always has."""
+    grid = patch_grid(input_resolution, patch_size)
+    scale = width ** -0.5
+    vit.input_resolution = input_resolution
+    vit.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+    vit.class_embedding = nn.Parameter(scale * torch.randn(width))
+    vit.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+    vit.ln_pre = LayerNorm(width)
+    vit.transformer = make_transformer()
+    vit.ln_post = LayerNorm(width)
+    vit.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
 
 def embed_patches(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:

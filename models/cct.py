@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from clip.model import (MLP, DropPath, LayerNorm, SelfAttention, embed_patches,
-                        init_clip_transformer, patch_grid)
+from clip.model import (MLP, DropPath, embed_patches, init_clip_transformer, init_vit,
+                        LayerNorm, SelfAttention)
 
 
 class CrossFrameAttentionBlock(nn.Module):
@@ -74,17 +74,8 @@ class CrossFrameCommunicationTransformer(nn.Module):
                  heads: int, output_dim: int, num_frames: int, droppath: float = 0.0,
                  use_checkpoint: bool = False):
         super().__init__()
-        grid = patch_grid(input_resolution, patch_size)
-        scale = width ** -0.5
-        self.input_resolution = input_resolution
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
-        self.ln_pre = LayerNorm(width)
-        self.transformer = CrossFrameTransformer(width, layers, heads, num_frames,
-                                                 droppath, use_checkpoint)
-        self.ln_post = LayerNorm(width)
-        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        init_vit(self, input_resolution, patch_size, width, output_dim,
+                 lambda: CrossFrameTransformer(width, layers, heads, num_frames, droppath, use_checkpoint))
         init_clip_transformer(self.transformer)
 
     def forward(self, frames: torch.Tensor):

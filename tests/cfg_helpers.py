@@ -19,8 +19,17 @@ def tiny_synthetic_cfg(paths, **overrides):
     cfg.TEST.BATCH_SIZE = 64
     cfg.MODEL.ARCH = "tiny"
     cfg.ATTACK.BATCH_SIZE = 64
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        setattr(getattr(cfg, section), name, value)
+    apply_overrides(cfg, overrides)
     cfg.freeze()
+    return cfg
+
+
+def apply_overrides(cfg, overrides):
+    """Set ``{"SECTION.KEY": value}`` (any depth; "PRINT_FREQ" too) on an unfrozen config."""
+    for key, value in overrides.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
     return cfg

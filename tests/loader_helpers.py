@@ -9,6 +9,7 @@ import torch
 from torchvision.io import encode_jpeg
 
 from utils.config import get_default_config
+from tests.cfg_helpers import apply_overrides
 
 TMPL = "img_{:08}.jpg"
 H, W = 32, 40
@@ -54,13 +55,7 @@ def tiny_cfg(root, **overrides):
     cfg.TRAIN.BATCH_SIZE = 2
     cfg.TEST.BATCH_SIZE = 3
     cfg.TRAIN.USE_VIEW2 = True
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return cfg
+    return apply_overrides(cfg, overrides)
 
 
 def decoded_indices(imgs):

@@ -17,6 +17,7 @@ from utils.config import get_default_config
 from utils.errors import TrainingError
 from utils.losses import advtrain_loss, promptmil_loss
 from utils.pseudo_labels import VideoPseudoLabels
+from tests.cfg_helpers import apply_overrides
 
 T, HW, K = 2, 4, 3
 
@@ -46,13 +47,7 @@ def make_cfg(**changes):
     cfg.TRAIN.ACCUMULATION_STEPS = 1
     cfg.TRAIN.EPOCHS = 1
     cfg.PRINT_FREQ = 1000
-    for key, value in changes.items():
-        node = cfg
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return cfg
+    return apply_overrides(cfg, changes)
 
 
 def train_batch(labels, seed, views=1):

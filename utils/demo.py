@@ -542,12 +542,9 @@ def pick_videos(data_root: Path, count=4) -> list:
 
 def plot_score_grid(path: Path, output: Path, seed, data_root: Path) -> Path:
     """Per-frame P(abnormal), clean vs attacked, of a few test videos: baseline | FrameShield."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from utils.io import atomic_write_bytes
-    from utils.plots import anomaly_intervals
-    import io
+    from utils.plots import anomaly_intervals, save_figure
 
     videos = pick_videos(data_root)
     meta = read_json(data_root / "meta.json")["videos"]
@@ -578,24 +575,19 @@ def plot_score_grid(path: Path, output: Path, seed, data_root: Path) -> Path:
     axes[0, 0].legend(loc="upper left", fontsize=8)
     figure.suptitle("red: ground-truth anomaly", fontsize=9, y=0.995)
     figure.tight_layout()
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(figure, path, dpi=80, tight=False)
     return path
 
 
 def plot_srd_example(path: Path, data_root: Path, clips=4, frames=2) -> Path:
     """One normal training video before (top) and after (bottom) SRD, as in training."""
     import torch
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    import io
 
     from datasets import srd
     from datasets.frames import open_video
     from datasets.lists import parse_list_file
-    from utils.io import atomic_write_bytes
+    from utils.plots import save_figure
 
     record = next(r for r in parse_list_file(data_root / "train.txt") if not r.is_anomalous)
     reader = open_video(data_root / record.path, record.num_frames, list_start=record.start_frame)
@@ -624,10 +616,7 @@ def plot_srd_example(path: Path, data_root: Path, clips=4, frames=2) -> Path:
     axes[0, 0].set_ylabel("normal", fontsize=9)
     axes[1, 0].set_ylabel("after SRD", fontsize=9)
     figure.tight_layout()
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(figure, path, dpi=80, tight=False)
     return path
 
 

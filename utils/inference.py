@@ -465,14 +465,11 @@ def write_tables(out_dir, fps, clean, attacked=None):
 def plot_scores(path, times, clean, threshold, labels=None, attacked=None, auc=None,
                 attacked_auc=None, intervals=(), title=""):
     """Score over time (seconds) with the threshold line, shaded ground truth and AUC."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from utils.io import atomic_write_bytes
-    from utils.plots import anomaly_intervals
+    from utils.plots import anomaly_intervals, save_figure
 
     figure = Figure(figsize=(9, 3))
-    FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     step = times[1] - times[0] if len(times) > 1 else 1.0
     if labels is not None:
@@ -492,10 +489,7 @@ def plot_scores(path, times, clean, threshold, labels=None, attacked=None, auc=N
     axes.set(xlim=(0, max(times[-1] + step, step)), ylim=(-0.02, 1.04), xlabel="time (s)",
              ylabel="P(abnormal)", title=title)
     axes.legend(loc="upper right", fontsize="small")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return save_figure(figure, path)
 
 
 # ----------------------------------------------------------------------------- rendering

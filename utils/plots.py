@@ -14,10 +14,11 @@ from matplotlib.figure import Figure
 from utils.io import atomic_write_bytes
 
 
-def _save(figure, path):
+def save_figure(figure, path, dpi=100, tight=True) -> Path:
+    """Render a matplotlib ``Figure`` on the Agg canvas and write it as PNG atomically."""
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 
@@ -39,7 +40,7 @@ def plot_roc(path, curves, title="ROC (frame level)"):
     axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate",
              ylabel="true positive rate", title=title)
     axes.legend(loc="lower right")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_score_curve(path, scores, labels, adversarial_scores=None, title=""):
@@ -59,7 +60,7 @@ def plot_score_curve(path, scores, labels, adversarial_scores=None, title=""):
     axes.set(xlim=(0, max(len(scores) - 1, 1)), ylim=(-0.02, 1.02), xlabel="frame",
              ylabel="P(abnormal)", title=title)
     axes.legend(loc="upper right", fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def safe_file_name(name):

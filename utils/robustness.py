@@ -675,13 +675,11 @@ def _json_ready(obj):
 
 def plot_sweep(curves, axis, path):
     """One row of panels (AUC@all, AUC@ano, AP) versus eps or steps, one line per model."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from utils.io import atomic_path
+    from utils.plots import save_figure
 
     fig = Figure(figsize=(12, 3.6))
-    FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     xkey = "eps_255" if axis == "eps" else "steps"
     for ax, metric, title in zip(axes, METRIC_KEYS, ("AUC@all", "AUC@ano", "AP")):
@@ -702,8 +700,7 @@ def plot_sweep(curves, axis, path):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_figure(fig, path, tight=False)
 
 
 def render_markdown(results_by_model, plots, output, transfer_from=None) -> str:
