@@ -167,6 +167,25 @@ def test_gradient_clipping_bounds_the_update():
 
 
 # ----------------------------------------------------------------------------- adversarial training
+@pytest.mark.parametrize("detach", [False, True])
+def test_mil_detach_weight_key_reaches_the_stage1_loss(detach):
+    cfg = make_cfg(**{"TRAIN.MIL_DETACH_WEIGHT": detach})
+    batch = train_batch([1, 0], 11)
+    model = ToyVideoModel()
+    loss, _ = engine.promptmil_step(model, batch, None, cfg, torch.device("cpu"), None)
+    loss.backward()
+    clips = batch["imgs"][:, 0].reshape(-1, T, 3, HW, HW)
+    grads = {}
+    for d in (False, True):
+        ref = ToyVideoModel()
+        expected, _ = promptmil_loss(ref(clips, None)["y"].reshape(2, K, 2), batch["label"],
+                                     cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE, detach_weight=d)
+        expected.backward()
+        grads[d] = ref.head.weight.grad
+    assert not torch.allclose(grads[False], grads[True])
+    torch.testing.assert_close(model.head.weight.grad, grads[detach])
+
+
 def test_clip_labels_precedence():
     batch = train_batch([0, 0, 1, 2], 5)
     batch["pa_labels"][0] = torch.tensor([0, 1, 1])

@@ -109,7 +109,8 @@ def promptmil_step(model, batch, text_tokens, cfg, device, micro):
     with autocast(cfg, device):
         logits = model(clips, text_tokens)["y"]
     logits = logits.float().reshape(views * b, k, -1)
-    loss, parts = promptmil_loss(logits, labels.repeat(views), cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE)
+    loss, parts = promptmil_loss(logits, labels.repeat(views), cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE,
+                                 cfg.TRAIN.MIL_DETACH_WEIGHT)
     return loss, parts
 
 
@@ -178,11 +179,10 @@ def make_advtrain_step(pseudo_labels=None, attack_generator=None):
             logits = model(inputs, text_tokens)["y"]
         logits = logits.float().reshape(-1, k, logits.shape[-1])
         vlabels = video_labels.repeat(views)
-        loss, parts = advtrain_loss(logits[: views * b], vlabels, clip_labels, cfg.ADV_TRAIN.LOSS,
-                                    cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE)
+        weights = (cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE, cfg.TRAIN.MIL_DETACH_WEIGHT)
+        loss, parts = advtrain_loss(logits[: views * b], vlabels, clip_labels, cfg.ADV_TRAIN.LOSS, *weights)
         if w > 0:
-            clean_loss, _ = advtrain_loss(logits[views * b:], vlabels, clip_labels, cfg.ADV_TRAIN.LOSS,
-                                          cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE)
+            clean_loss, _ = advtrain_loss(logits[views * b:], vlabels, clip_labels, cfg.ADV_TRAIN.LOSS, *weights)
             parts = {**parts, "adv": loss, "clean": clean_loss}
             loss = (1 - w) * loss + w * clean_loss
             parts["total"] = loss

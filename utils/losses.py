@@ -73,16 +73,18 @@ def promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight=False
     return total, parts
 
 
-def advtrain_loss(logits, video_labels, clip_labels, loss_type, w_smooth, w_sparse):
+def advtrain_loss(logits, video_labels, clip_labels, loss_type, w_smooth, w_sparse,
+                  detach_weight=False):
     """Stage-2 objective on (adversarial) clips, as published.
 
     ``loss_type`` 'mil': the PromptMIL objective (mil + smooth + sparse);
     'ce': per-clip cross-entropy on ``clip_labels`` + w_smooth * smooth (no sparsity term).
+    ``detach_weight`` is passed to :func:`mil_loss` ('mil' only).
     Returns ``(total, parts)`` like :func:`promptmil_loss` (for 'ce' the first part is
     named ``ce``).
     """
     if loss_type == "mil":
-        return promptmil_loss(logits, video_labels, w_smooth, w_sparse)
+        return promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight)
     if loss_type == "ce":
         probs = anomaly_probs(logits)
         parts = {"ce": clip_ce_loss(logits, clip_labels), "smooth": smooth_loss(probs)}
