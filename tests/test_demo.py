@@ -112,3 +112,19 @@ def test_claims_follow_the_means():
     claims = demo.check_claims({"baseline": stats(0.8, 0.6), "frameshield": stats(0.7, 0.65)})
     assert [c["holds"] for c in claims.values()] == [False, False, False, False]
     assert np.isclose(claims["PGD drops baseline AUC@all by >= 0.30"]["value"], 0.2)
+
+
+def test_summary_markdown_lists_every_seed():
+    models, per_seed = {}, {}
+    for seed, (clean, adv) in enumerate([(0.9, 0.4), (0.8, 0.3)]):
+        per_seed[str(seed)] = {m: {"clean_auc_all": clean - i / 100, "adversarial_auc_all": adv}
+                               for i, m in enumerate(demo.MODELS)}
+    for m, (title, _) in demo.MODELS.items():
+        models[m] = {"title": title, **{f"{k}_{n}": {"mean": 0.5, "std": 0.1} for k, n in demo.METRICS}}
+    summary = {"models": models, "per_seed": per_seed, "claims": {},
+               "attack": {"eps_255": 2.0, "steps": 10, "step_size_255": 0.5}}
+    text = demo.summary_markdown(summary, [0, 1], {"preset": "default", "wall_s": 1.0, "device": "cpu", "jobs": 1})
+    assert "| seed 0 | seed 1 |" in text
+    assert f"| {demo.MODELS['frameshield'][0]} | 0.890 -> 0.400 | 0.790 -> 0.300 |" in text
+    one = demo.summary_markdown(summary, [0], {"preset": "default", "wall_s": 1.0, "device": "cpu", "jobs": 1})
+    assert "Per seed" not in one

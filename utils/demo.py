@@ -472,6 +472,13 @@ def summary_markdown(summary: dict, seeds, meta: dict) -> str:
             s = stats[f"{kind}_{metric}"]
             cells.append(fmt(s["mean"]) + (f" ± {fmt(s['std'])}" if len(seeds) > 1 else ""))
         lines.append(f"| {stats['title']} | " + " | ".join(cells) + " |")
+    if len(seeds) > 1:
+        lines += ["", "Per seed, clean -> attacked AUC@all:", "",
+                  "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+        for model, stats in summary["models"].items():
+            rows = [summary["per_seed"][str(s)][model] for s in seeds]
+            lines.append(f"| {stats['title']} | " + " | ".join(
+                f"{fmt(r['clean_auc_all'])} -> {fmt(r['adversarial_auc_all'])}" for r in rows) + " |")
     lines += ["", "Targets (means):", ""]
     for claim, result in summary["claims"].items():
         lines.append(f"- {claim}: {fmt(result['value'])} ({'holds' if result['holds'] else 'NOT met'})")
