@@ -128,3 +128,6 @@ def test_summary_markdown_lists_every_seed():
     assert f"| {demo.MODELS['frameshield'][0]} | 0.890 -> 0.400 | 0.790 -> 0.300 |" in text
     one = demo.summary_markdown(summary, [0], {"preset": "default", "wall_s": 1.0, "device": "cpu", "jobs": 1})
     assert "Per seed" not in one
+    resumed = demo.summary_markdown(summary, [0], {"preset": "default", "wall_s": 3.0, "device": "cpu", "jobs": 1,
+                                                   "run_now": ["seed0/x"], "reused": ["seed0/baseline"]})
+    assert "1 stage(s) were reused" in resumed and "reused" not in one

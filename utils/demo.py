@@ -487,7 +487,12 @@ def summary_markdown(summary: dict, seeds, meta: dict) -> str:
         acc = np.mean([a["accuracy"] for a in agreements])
         lines += ["", f"Pseudo labels of the anomalous training videos agree with the true clip labels "
                       f"on {100 * acc:.1f}% of segments (mean over seeds)."]
-    lines += ["", f"Wall time: {meta['wall_s']:.0f} s on {meta['device']} ({meta['jobs']} parallel stage(s)).", ""]
+    wall = f"Wall time: {meta['wall_s']:.0f} s on {meta['device']} ({meta['jobs']} parallel stage(s))"
+    reused = meta.get("reused", [])
+    if reused:  # a resumed run: its wall time does not cover the stages finished before
+        wall += (f"; {len(reused)} stage(s) were reused from an earlier run (their own run times "
+                 f"are in demo_state.json)")
+    lines += ["", wall + ".", ""]
     return "\n".join(lines)
 
 
@@ -680,7 +685,7 @@ def run_demo(preset="default", seeds=(0,), output="output/demo", device="auto", 
     meta = {"preset": preset, "seeds": seeds, "device": device_text, "jobs": jobs, "threads": threads,
             "wall_s": wall, "data_root": str(data_root),
             "stage_seconds": {k: v.get("seconds") for k, v in state.stages.items()},
-            "run_now": sorted(timings)}
+            "run_now": sorted(timings), "reused": sorted({s.key for s in stages} - set(timings))}
     summary["meta"] = meta
     if plots:
         folder = output / "plots"
