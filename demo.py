@@ -1,7 +1,7 @@
 """FrameShield quick-start demo: every stage on the embedded synthetic dataset, one table.
 
-    python demo.py                          # default preset, seed 0, output/demo (CPU: ~15 min)
-    python demo.py --preset fast            # 12/8 videos, a minute or two
+    python demo.py                          # default preset, seed 0, output/demo (2-core CPU: ~11 min)
+    python demo.py --preset fast            # 12/8 videos, about a minute, output/demo_fast
     python demo.py --seeds 3                # seeds 0, 1, 2: mean and spread in the table
     python demo.py --device cpu --output output/demo_cpu
 
@@ -23,7 +23,9 @@ def build_parser():
                         help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
     parser.add_argument("--seeds", type=int, default=1, help="number of training seeds (seed 0, 1, ...)")
     parser.add_argument("--first-seed", type=int, default=0, help="first training seed")
-    parser.add_argument("--output", default="output/demo", help="output folder (default output/demo)")
+    parser.add_argument("--output", default=None,
+                        help="output folder (default output/demo for the default preset, "
+                             "output/demo_<preset> for the others, so presets never replace each other's stages)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: all visible CUDA GPUs (torchrun), else the CPU")
     parser.add_argument("--jobs", type=int, default=0,
@@ -43,7 +45,7 @@ def _interrupt(signum, frame):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from utils.demo import run_demo
+    from utils.demo import default_output, run_demo
     from utils.errors import FrameShieldError
 
     if args.seeds < 1:
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, _interrupt)
     try:
         run_demo(preset=args.preset, seeds=range(args.first_seed, args.first_seed + args.seeds),
-                 output=args.output, device=args.device, jobs=args.jobs, data_dir=args.data,
+                 output=args.output or default_output(args.preset), device=args.device, jobs=args.jobs, data_dir=args.data,
                  plots=not args.no_plots, quiet=args.quiet)
     except FrameShieldError as err:
         print(f"\nerror: {type(err).__name__}: {err}", file=sys.stderr)

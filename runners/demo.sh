@@ -4,7 +4,10 @@
 # summary table and plots in OUTPUT). Uses every visible GPU through torchrun, else the CPU.
 # Usage: bash runners/demo.sh [demo.py arguments, e.g. --preset fast | --seeds 3 | --device cpu]
 # Interrupted? Run the same command again: finished stages are reused, training resumes.
-OUTPUT=${OUTPUT:-output/demo}
+# OUTPUT=<folder> sets the output folder (default: output/demo, or output/demo_<preset>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python}" demo.py --output "$OUTPUT" "$@"
+if [ -n "${OUTPUT:-}" ]; then
+    exec "${PYTHON:-python}" demo.py --output "$OUTPUT" "$@"
+fi
+exec "${PYTHON:-python}" demo.py "$@"

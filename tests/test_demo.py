@@ -131,3 +131,9 @@ def test_summary_markdown_lists_every_seed():
     resumed = demo.summary_markdown(summary, [0], {"preset": "default", "wall_s": 3.0, "device": "cpu", "jobs": 1,
                                                    "run_now": ["seed0/x"], "reused": ["seed0/baseline"]})
     assert "1 stage(s) were reused" in resumed and "reused" not in one
+
+
+def test_presets_default_to_their_own_output_folders():
+    assert demo.default_output("default") == "output/demo"
+    folders = {demo.default_output(p) for p in demo.PRESETS}
+    assert len(folders) == len(demo.PRESETS)

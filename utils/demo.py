@@ -115,6 +115,12 @@ class Stage:
 
 
 # ----------------------------------------------------------------------------- plan
+def default_output(preset: str) -> str:
+    """Default output folder of a preset: one folder per preset, so that running another preset
+    never replaces the stages (and the table) of the default one."""
+    return "output/demo" if preset == "default" else f"output/demo_{preset}"
+
+
 def data_root_for(preset: str, data_dir=None) -> Path:
     if data_dir:
         return Path(data_dir).resolve()
