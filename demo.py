@@ -59,8 +59,8 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, _interrupt)
     try:
         run_demo(preset=args.preset, seeds=range(args.first_seed, args.first_seed + args.seeds),
-                 output=args.output or default_output(args.preset), device=args.device, jobs=args.jobs, data_dir=args.data,
-                 plots=not args.no_plots, quiet=args.quiet)
+                 output=args.output or default_output(args.preset), device=args.device, jobs=args.jobs,
+                 data_dir=args.data, plots=not args.no_plots, quiet=args.quiet)
     except FrameShieldError as err:
         print(f"\nerror: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

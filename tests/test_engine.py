@@ -207,11 +207,12 @@ def test_clip_labels_precedence():
         engine.advtrain_clip_labels(batch, cfg, {"v5_2": pseudo["v5_2"]})
 
 
-@pytest.mark.parametrize("loss_type", ["ce", "mil"])
-def test_advtrain_step_trains_on_the_attacked_clips(loss_type):
+@pytest.mark.parametrize("loss_type,detach", [("ce", False), ("mil", False), ("mil", True)])
+def test_advtrain_step_trains_on_the_attacked_clips(loss_type, detach):
     from utils.attacks import pgd
 
-    cfg = make_cfg(**{"ADV_TRAIN.LOSS": loss_type, "ADV_TRAIN.EPS": 8.0, "ATTACK.STEPS": 3})
+    cfg = make_cfg(**{"ADV_TRAIN.LOSS": loss_type, "ADV_TRAIN.EPS": 8.0, "ATTACK.STEPS": 3,
+                      "TRAIN.MIL_DETACH_WEIGHT": detach})
     batch = train_batch([1, 0], 7)
     model = ToyVideoModel()
     for p in model.parameters():
@@ -226,8 +227,14 @@ def test_advtrain_step_trains_on_the_attacked_clips(loss_type):
     adv = pgd(model, clips, None, labels.reshape(-1), eps=8 / 255, steps=3)
     assert (adv - clips).abs().max() <= 8 / 255 + 1e-6
     expected, _ = advtrain_loss(model(adv, None)["y"].reshape(2, K, 2), batch["label"], labels, loss_type,
-                                cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE)
+                                cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE, detach_weight=detach)
     torch.testing.assert_close(loss, expected)
+    loss.backward()
+    ref = ToyVideoModel()
+    ref_loss, _ = advtrain_loss(ref(adv, None)["y"].reshape(2, K, 2), batch["label"], labels, loss_type,
+                                cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE, detach_weight=detach)
+    ref_loss.backward()
+    torch.testing.assert_close(model.head.weight.grad, ref.head.weight.grad)  # the weight's gradient path too
     clean, _ = advtrain_loss(model(clips, None)["y"].reshape(2, K, 2), batch["label"], labels, loss_type,
                              cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE)
     assert loss.item() > clean.item()  # the attack raised the loss

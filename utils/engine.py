@@ -179,10 +179,10 @@ def make_advtrain_step(pseudo_labels=None, attack_generator=None):
             logits = model(inputs, text_tokens)["y"]
         logits = logits.float().reshape(-1, k, logits.shape[-1])
         vlabels = video_labels.repeat(views)
-        weights = (cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE, cfg.TRAIN.MIL_DETACH_WEIGHT)
-        loss, parts = advtrain_loss(logits[: views * b], vlabels, clip_labels, cfg.ADV_TRAIN.LOSS, *weights)
+        loss_args = (cfg.ADV_TRAIN.LOSS, cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE, cfg.TRAIN.MIL_DETACH_WEIGHT)
+        loss, parts = advtrain_loss(logits[: views * b], vlabels, clip_labels, *loss_args)
         if w > 0:
-            clean_loss, _ = advtrain_loss(logits[views * b:], vlabels, clip_labels, cfg.ADV_TRAIN.LOSS, *weights)
+            clean_loss, _ = advtrain_loss(logits[views * b:], vlabels, clip_labels, *loss_args)
             parts = {**parts, "adv": loss, "clean": clean_loss}
             loss = (1 - w) * loss + w * clean_loss
             parts["total"] = loss
