@@ -213,3 +213,13 @@ def test_sigterm_sets_the_stop_flag():
         signals.uninstall_stop_handler()
         signals.reset_stop()
     assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_checkpoint_file_names_every_file_of_a_tag(tmp_path):
+    from utils.checkpoint import SUFFIXES, checkpoint_file
+
+    for given in ("best.safetensors", "best.state.pt", "best.manifest.json", "best.yaml", "best"):
+        for suffix in SUFFIXES:
+            assert checkpoint_file(tmp_path / given, suffix) == tmp_path / f"best{suffix}"
+    with pytest.raises(ValueError, match="suffix"):
+        checkpoint_file(tmp_path / "best", ".pth")

@@ -205,10 +205,18 @@ def checkpoint_base(path):
     return path
 
 
+def checkpoint_file(path, suffix: str) -> Path:
+    """One of a checkpoint's files: ``dir/tag<suffix>`` (suffix from SUFFIXES) for any of its files."""
+    if suffix not in SUFFIXES:
+        raise ValueError(f"unknown checkpoint file suffix {suffix!r}; expected one of {SUFFIXES}")
+    base = checkpoint_base(path)
+    return base.with_name(base.name + suffix)
+
+
 def verify_checkpoint(path):
     """``(ok, problem)``: whether the checkpoint's files exist and match its manifest."""
     base = checkpoint_base(path)
-    manifest_path = base.with_name(base.name + ".manifest.json")
+    manifest_path = checkpoint_file(base, ".manifest.json")
     if not manifest_path.is_file():
         return False, f"{manifest_path} is missing (the save did not finish)"
     try:
@@ -291,12 +299,12 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, strict=True):
     from safetensors.torch import load_file
 
     base = checkpoint_base(path)
-    weights = base.with_name(base.name + ".safetensors")
-    state_file = base.with_name(base.name + ".state.pt")
+    weights = checkpoint_file(base, ".safetensors")
+    state_file = checkpoint_file(base, ".state.pt")
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights {weights} do not exist; pass a "
                               "checkpoints/<tag>.safetensors file written by a FrameShield run")
-    if base.with_name(base.name + ".manifest.json").is_file():
+    if checkpoint_file(base, ".manifest.json").is_file():
         ok, problem = verify_checkpoint(base)
         if not ok:
             raise CheckpointError(f"checkpoint {weights} is damaged: {problem}; use an older "

@@ -137,13 +137,12 @@ def _probe_video_file(path):
 # ----------------------------------------------------------------------------- model and threshold
 def resolve_config_path(config, weights) -> Path:
     """``config`` when given, else the ``<tag>.yaml`` a FrameShield checkpoint has beside it."""
-    from utils.checkpoint import checkpoint_base
+    from utils.checkpoint import checkpoint_file
 
     if config:
         return Path(config)
     if weights:
-        beside = checkpoint_base(weights)
-        beside = beside.with_name(beside.name + ".yaml")
+        beside = checkpoint_file(weights, ".yaml")
         if beside.is_file():
             return beside
     raise ConfigError(f"no -cfg given and no config file beside the checkpoint {weights} "
@@ -155,10 +154,9 @@ def read_stored_threshold(weights):
     import pickle
     import zipfile
 
-    from utils.checkpoint import checkpoint_base
+    from utils.checkpoint import checkpoint_file
 
-    base = checkpoint_base(weights)
-    state_file = base.with_name(base.name + ".state.pt")
+    state_file = checkpoint_file(weights, ".state.pt")
     if not state_file.is_file():
         return None, f"no {state_file.name} beside the checkpoint"
     try:
@@ -201,15 +199,14 @@ def load_model(cfg, weights, device, log=logger):
     A FrameShield checkpoint with a manifest is verified first (CheckpointError when damaged).
     """
     from models import xclip
-    from utils.checkpoint import checkpoint_base, verify_checkpoint
+    from utils.checkpoint import checkpoint_file, verify_checkpoint
 
     if not weights:
         raise ConfigError("pass --pretrained CHECKPOINT (the trained model to score with)")
     if not Path(weights).is_file():
         raise CheckpointError(f"checkpoint {weights} does not exist")
-    base = checkpoint_base(weights)
-    if base.with_name(base.name + ".manifest.json").is_file():
-        ok, problem = verify_checkpoint(base)
+    if checkpoint_file(weights, ".manifest.json").is_file():
+        ok, problem = verify_checkpoint(weights)
         if not ok:
             raise CheckpointError(f"checkpoint {weights} is damaged: {problem}")
     model, _, _ = xclip.load(
