@@ -8,7 +8,7 @@
 Generates the dataset if absent, trains the clean PromptMIL baseline, pseudo labels,
 FrameShield and two ablations, attacks every model with the same PGD, and writes
 OUTPUT/summary.json, OUTPUT/summary.md and OUTPUT/plots/. Run the same command again to
-resume after an interruption (finished stages are reused). See utils/demo.py.
+resume after an interruption (finished stages are reused). See apps/demo.py.
 """
 import argparse
 import signal
@@ -16,7 +16,7 @@ import sys
 
 
 def build_parser():
-    from utils.demo import PRESETS
+    from apps.demo import PRESETS
 
     parser = argparse.ArgumentParser(description="FrameShield quick-start demo on the synthetic dataset")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
@@ -45,7 +45,7 @@ def _interrupt(signum, frame):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from utils.demo import default_output, run_demo
+    from apps.demo import default_output, run_demo
     from utils.errors import FrameShieldError
 
     if args.seeds < 1:

@@ -5,7 +5,7 @@
 Runs the trained model over the *normal* videos of ``DATA.TRAIN_FILE``, segmented like the
 test loader (``datasets.build.build_train_as_test_loader``), and writes one 8-bit grayscale
 PNG per sampled frame: ``DIR/<video path from the list>/<frame index>.png`` (input size,
-255 = most salient; see utils/gradcam.py). Point ``ADV_TRAIN.GRADCAM_DIR`` at DIR and set
+255 = most salient; see apps/gradcam.py). Point ``ADV_TRAIN.GRADCAM_DIR`` at DIR and set
 ``ADV_TRAIN.SRD_MODE gradcam`` to use them. DIR also receives config.yaml and the log.
 Under torchrun each rank writes the masks of its share of the segments.
 """
@@ -17,7 +17,7 @@ from utils.errors import ConfigError
 
 def normal_videos_loader(loader):
     """The train-as-test loader restricted to the segments of normal videos (same settings)."""
-    from utils.gradcam import normal_segment_indices
+    from apps.gradcam import normal_segment_indices
 
     dataset = loader.dataset
     keep = set(normal_segment_indices(dataset))
@@ -33,9 +33,9 @@ def main(argv=None) -> int:
     args = build_arg_parser("FrameShield: Grad-CAM masks for SRD's gradcam mode").parse_args(argv)
     from datasets.build import build_train_as_test_loader
     from utils import dist
-    from utils.engine import progress
-    from utils.gradcam import compute_masks
-    from utils.stage import build_model, setup_stage, text_tokens
+    from training.engine import progress
+    from apps.gradcam import compute_masks
+    from training.stage import build_model, setup_stage, text_tokens
 
     stage = setup_stage("gradcam", args)
     cfg = stage.cfg
@@ -63,6 +63,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.stage import run_main
+    from training.stage import run_main
 
     run_main(main)

@@ -8,7 +8,7 @@
 Per video, OUTPUT/<video name>/ gets scores.csv, scores.json, scores.png (and annotated.mp4
 with --render); OUTPUT/summary.json lists every video. Without -cfg the config saved beside
 the checkpoint (checkpoints/<tag>.yaml) is used. See README "Score your own videos" and
-docs/INFERENCE.md; the logic is in utils/inference.py.
+docs/INFERENCE.md; the logic is in apps/inference.py.
 """
 import argparse
 from types import SimpleNamespace
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from utils import inference
-    from utils.attacks import attack_settings_from_config, default_step_size
+    from apps import inference
+    from attacks.pgd import attack_settings_from_config, default_step_size
     from utils.config import get_config, save_config
     from utils.errors import ConfigError, DataError
     from utils.io import atomic_write_json
@@ -115,6 +115,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.stage import run_main
+    from training.stage import run_main
 
     run_main(main)

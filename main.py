@@ -13,7 +13,8 @@ from utils.config import build_arg_parser
 def main(argv=None) -> int:
     args = build_arg_parser("FrameShield stage 1: PromptMIL training and testing").parse_args(argv)
     from datasets.build import build_test_loader, build_train_loader
-    from utils import dist, engine, stage as stages
+    from utils import dist
+    from training import engine, stage as stages
 
     stage = stages.setup_stage("promptmil", args)
     try:
@@ -37,6 +38,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.stage import run_main
+    from training.stage import run_main
 
     run_main(main)

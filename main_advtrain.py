@@ -15,7 +15,8 @@ from utils.config import build_arg_parser
 def main(argv=None) -> int:
     args = build_arg_parser("FrameShield stage 2: pseudo labels and adversarial training").parse_args(argv)
     from datasets.build import build_test_loader, build_train_as_test_loader, build_train_loader
-    from utils import dist, engine, pseudo_labels, stage as stages
+    from utils import dist
+    from training import engine, pseudo_labels, stage as stages
 
     stage = stages.setup_stage("advtrain", args)
     cfg = stage.cfg
@@ -54,6 +55,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.stage import run_main
+    from training.stage import run_main
 
     run_main(main)

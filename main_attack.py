@@ -17,7 +17,7 @@ from utils.config import build_arg_parser
 
 
 def parse_args(argv=None):
-    from utils.robustness import add_robustness_args
+    from evaluation.robustness import add_robustness_args
 
     parser = build_arg_parser("FrameShield stage 3: attack evaluation")
     add_robustness_args(parser)
@@ -27,9 +27,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from datasets.build import build_test_loader
-    from utils import dist, engine, stage as stages
-    from utils import robustness
-    from utils.attacks import attack_settings_from_config, default_step_size
+    from utils import dist
+    from training import engine, stage as stages
+    from evaluation import robustness
+    from attacks.pgd import attack_settings_from_config, default_step_size
 
     stage = stages.setup_stage("attack", args)
     cfg = stage.cfg
@@ -74,7 +75,8 @@ def _robustness_stage(stage, args, loader, tokens, weights):
     """The --attack/--sweep-*/--report path: every setting on one pass per model."""
     import time
 
-    from utils import robustness, stage as stages
+    from evaluation import robustness
+    from training import stage as stages
 
     start = time.perf_counter()
     results = robustness.run_robustness(stage, args, loader, tokens, lambda w: stages.build_model(stage, w),
@@ -94,6 +96,6 @@ def _three(metrics):
 
 
 if __name__ == "__main__":
-    from utils.stage import run_main
+    from training.stage import run_main
 
     run_main(main)

@@ -9,7 +9,7 @@ Measures (reusing bench_model.py, bench_srd.py and bench_loader.py):
    training video of 16 clips x 5 frames (N = 16 clips; ``--cpu-clips`` on a CPU for the
    large presets, whose full video takes minutes there): clips/s and peak memory
    (CUDA: peak allocated; CPU: process peak RSS); on CUDA in bf16 autocast and in fp32;
-2. PGD attack throughput: attacked clips/s of utils.attacks.pgd with 10 steps;
+2. PGD attack throughput: attacked clips/s of attacks.pgd.pgd with 10 steps;
 3. SRD: ms per call and per frame on a 16 x 5 uint8 item at 224 px (datasets.srd);
 4. training loader: items/s of datasets.build.build_train_loader on the small synthetic
    dataset at 224 px, 16 x 5 frames, view 1 only, for 0 and 2 worker processes.
@@ -69,7 +69,7 @@ def train_steps(presets, device, clips, frames, steps, warmup, dtypes):
 
 
 def pgd_throughput(presets, device, clips, frames, steps, dtypes, repeats=2, warmup=1):
-    from utils.attacks import pgd
+    from attacks.pgd import pgd
 
     rows = []
     for name in presets:

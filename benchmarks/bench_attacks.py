@@ -32,7 +32,7 @@ def main(argv=None):
 
     from clip import tokenize
     from models import xclip
-    from utils import robustness as rb
+    from evaluation import robustness as rb
 
     k = args.steps
     runs = [("clean forward", None, 0, 1), ("pgd", "pgd", k, 1), ("pgd", "pgd", k, 4),
@@ -57,7 +57,7 @@ def main(argv=None):
 
 
 def _timed(model, videos, tokens, labels, args, name, steps, restarts):
-    from utils import robustness as rb
+    from evaluation import robustness as rb
 
     started = time.perf_counter()
     if name is None:

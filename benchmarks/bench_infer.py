@@ -41,7 +41,7 @@ def write_video(path, frames, height, width, fps):
 
 def write_checkpoint(folder):
     from models import xclip
-    from utils.checkpoint import save_checkpoint
+    from training.checkpoint import save_checkpoint
     from utils.config import get_default_config
 
     cfg = get_default_config()

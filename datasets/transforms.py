@@ -150,7 +150,7 @@ class AugmentedView:
 def num_train_views(cfg):
     """Views a training item carries (A): ``DATA.NUM_VIEWS`` when ``TRAIN.USE_VIEW2``, else 1.
 
-    Training reads view 2 only with TRAIN.USE_VIEW2 (utils.engine.view_clips), and view 2
+    Training reads view 2 only with TRAIN.USE_VIEW2 (training.engine.view_clips), and view 2
     costs ~15x view 1 on the CPU (docs/bench_loader.md), so it is not built when unused.
     """
     return int(cfg.DATA.NUM_VIEWS) if cfg.TRAIN.USE_VIEW2 else 1

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.toy_models import ToyVideoModel, random_videos, text_tokens
-from utils import attacks
+from attacks import pgd as attacks
 from utils.errors import ConfigError
 
 EPS = 8 / 255

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from tests.toy_models import ToyVideoModel, random_videos, text_tokens
-from utils import checkpoint as ckpt
-from utils import optim, signals
+from training import checkpoint as ckpt
+from training import optim
+from utils import signals
 from utils.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,7 +217,7 @@ def test_sigterm_sets_the_stop_flag():
 
 
 def test_checkpoint_file_names_every_file_of_a_tag(tmp_path):
-    from utils.checkpoint import SUFFIXES, checkpoint_file
+    from training.checkpoint import SUFFIXES, checkpoint_file
 
     for given in ("best.safetensors", "best.state.pt", "best.manifest.json", "best.yaml", "best"):
         for suffix in SUFFIXES:

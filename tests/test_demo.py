@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from utils import demo  # noqa: E402
+from apps import demo  # noqa: E402
 
 
 def _run_demo(output, data):

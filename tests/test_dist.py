@@ -34,7 +34,9 @@ def train(info):
     Every rank takes its contiguous share of the videos of each global micro-batch.
     Returns the final parameters (of the unwrapped model).
     """
-    from utils import attacks, dist, losses, optim
+    from attacks import pgd as attacks
+    from utils import dist
+    from training import losses, optim
 
     torch.manual_seed(0)
     model = dist.wrap_model(ToyVideoModel(dropout=0.0), info)
@@ -64,7 +66,8 @@ def train(info):
 def evaluate(info, list_path):
     """Each rank scores its share of the test videos; rank-gathered metrics."""
     from datasets.lists import parse_list_file
-    from utils import dist, metrics
+    from utils import dist
+    from evaluation import metrics
 
     records = parse_list_file(list_path)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The shared loops of utils.engine on a toy video model (fast, CPU).
+"""The shared loops of training.engine on a toy video model (fast, CPU).
 
 The toy model maps a clip [T, 3, H, W] to two logits through its mean colour, so every
 loss, gradient and attack can be recomputed by hand here.
@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils import engine
+from training import engine
 from utils.config import get_default_config
 from utils.errors import TrainingError
-from utils.losses import advtrain_loss, promptmil_loss
-from utils.pseudo_labels import VideoPseudoLabels
+from training.losses import advtrain_loss, promptmil_loss
+from training.pseudo_labels import VideoPseudoLabels
 from tests.cfg_helpers import apply_overrides
 
 T, HW, K = 2, 4, 3
@@ -209,7 +209,7 @@ def test_clip_labels_precedence():
 
 @pytest.mark.parametrize("loss_type,detach", [("ce", False), ("mil", False), ("mil", True)])
 def test_advtrain_step_trains_on_the_attacked_clips(loss_type, detach):
-    from utils.attacks import pgd
+    from attacks.pgd import pgd
 
     cfg = make_cfg(**{"ADV_TRAIN.LOSS": loss_type, "ADV_TRAIN.EPS": 8.0, "ATTACK.STEPS": 3,
                       "TRAIN.MIL_DETACH_WEIGHT": detach})
@@ -277,7 +277,7 @@ def test_rows_dedupe_and_order():
 
 
 def test_evaluate_matches_metrics_on_the_same_scores():
-    from utils.metrics import evaluate_scores
+    from evaluation.metrics import evaluate_scores
 
     records = [record("v/a", 40, [(10, 30)], 1), record("v/b", 40, [(0, 40)], 0)]
     g = torch.Generator().manual_seed(3)

@@ -7,7 +7,7 @@ from PIL import Image
 from datasets import srd
 from datasets.sampling import video_segments
 from models import xclip
-from utils import gradcam
+from apps import gradcam
 
 T, SIZE = 2, 64
 VIDEOS = [("frames/normal_a", 9, 0), ("frames/group/normal_b", 6, 0), ("frames/abnormal_c", 7, 1)]

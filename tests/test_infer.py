@@ -1,4 +1,4 @@
-"""infer.py / utils.inference on a synthetic anomalous video (written as mp4 and as a frame
+"""infer.py / apps.inference on a synthetic anomalous video (written as mp4 and as a frame
 folder) with a tiny X-CLIP trained for a few seconds in the test and saved as a FrameShield
 checkpoint (weights, state with a score threshold, config, manifest)."""
 import csv
@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 import infer
-from utils import inference
+from apps import inference
 from tests.cfg_helpers import tiny_synthetic_cfg
 from utils.errors import CheckpointError, ConfigError, DataError
 
@@ -59,8 +59,8 @@ def demo(tmp_path_factory):
     from datasets.build import build_test_loader
     from datasets.synthetic import VideoSpec, make_synthetic_dataset, render_video
     from models import xclip
-    from utils.checkpoint import save_checkpoint
-    from utils.engine import segment_ground_truth
+    from training.checkpoint import save_checkpoint
+    from training.engine import segment_ground_truth
 
     root = tmp_path_factory.mktemp("infer")
     paths = make_synthetic_dataset(root / "data", preset="small")
@@ -184,7 +184,7 @@ def test_stored_threshold_default_and_smoothing(demo, tmp_path):
     assert result["annotation"]["intervals"] == [[36, 72]]
     assert inference.read_stored_threshold(demo.weights)[0] == pytest.approx(demo.threshold)
     # a 'last' checkpoint carries the training state's threshold dict instead
-    from utils.checkpoint import save_checkpoint
+    from training.checkpoint import save_checkpoint
 
     last = save_checkpoint(str(tmp_path / "run"), "last", demo.model, None, None, 2, 60, 0.9, demo.cfg,
                            extra={"threshold": {"f1": 0.25, "youden": 0.5}})
@@ -209,7 +209,7 @@ def test_chunked_streaming_equals_whole_video_and_the_evaluation(demo, tmp_path)
     from datasets.build import build_test_loader
     from datasets.sampling import video_segments
     from datasets.transforms import build_test_view
-    from utils.engine import evaluate
+    from training.engine import evaluate
 
     cfg = demo.cfg
     source = inference.open_source(demo.root / "clip_frames", cfg.DATA.FILENAME_TMPL)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from utils import losses
+from training import losses
 
 
 def logits_for(probs):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from utils import metrics
+from evaluation import metrics
 from utils.errors import DataError
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.toy_models import ToyVideoModel
-from utils import optim
+from training import optim
 from utils.errors import ConfigError
 
 

@@ -42,7 +42,7 @@ def test_safe_file_name():
 
 
 def test_write_stage_plots_from_evaluations(tmp_path):
-    from utils.metrics import evaluate_scores
+    from evaluation.metrics import evaluate_scores
 
     lists = pytest.importorskip("datasets.lists")
     list_file = tmp_path / "test.txt"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from utils.errors import DataError
-from utils.pseudo_labels import (VideoPseudoLabels, pseudo_label_path, read_pseudo_labels, summarise,
+from training.pseudo_labels import (VideoPseudoLabels, pseudo_label_path, read_pseudo_labels, summarise,
                                  write_pseudo_labels)
 
 

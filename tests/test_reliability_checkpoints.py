@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.toy_models import ToyVideoModel
-from utils import checkpoint as ckpt
+from training import checkpoint as ckpt
 from utils.config import get_default_config
 
 

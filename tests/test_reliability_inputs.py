@@ -176,7 +176,7 @@ def tiny_model(frames=2):
 
 def test_checkpoint_of_another_architecture(tmp_path):
     from models.checkpoint_io import save_safetensors
-    from utils import checkpoint as ckpt
+    from training import checkpoint as ckpt
 
     other = tiny_model()
     state = {k: v for k, v in other.state_dict().items() if not k.startswith("mit.")}  # another head
@@ -210,7 +210,7 @@ def test_truncated_pretrained_checkpoint(tmp_path):
 
 
 def test_truncated_training_checkpoint(tmp_path):
-    from utils import checkpoint as ckpt
+    from training import checkpoint as ckpt
     from utils.config import get_default_config
 
     model = tiny_model()
@@ -227,7 +227,7 @@ def test_pseudo_label_file_of_another_list(tmp_path):
     import numpy as np
 
     from datasets.lists import VideoRecord
-    from utils.pseudo_labels import VideoPseudoLabels, read_pseudo_labels, write_pseudo_labels
+    from training.pseudo_labels import VideoPseudoLabels, read_pseudo_labels, write_pseudo_labels
 
     path = tmp_path / "pseudo_labels.json"
     write_pseudo_labels(path, {"train/other": VideoPseudoLabels(40, np.array([[0, 1]]), np.array([1]))})
@@ -276,7 +276,7 @@ def test_more_gpus_than_present_in_the_runner(tmp_path):
 def test_output_folder_of_another_run(tmp_path):
     """Point 3: a stage refuses a folder holding a run with another config, naming the keys."""
     from utils.config import get_default_config, save_config
-    from utils.stage import check_output_folder
+    from training.stage import check_output_folder
 
     cfg = get_default_config()
     save_config(cfg, tmp_path / "config.yaml")

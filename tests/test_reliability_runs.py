@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from utils import checkpoint as ckpt
+from training import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def install_kill(kill, setattr=setattr):
     ("nan", n) makes the n-th micro-batch's loss NaN; ("raise", n) raises a RuntimeError there
     (a crash of this rank alone, outside any collective).
     """
-    from utils import engine
+    from training import engine
 
     if kill and kill[0] in ("step", "nan", "raise"):
         original, count = engine.train_one_epoch, {"n": 0}
@@ -80,7 +80,7 @@ def drive(entry, argv, kill=None):
     """Run ``entry``.main(argv) like the command line does, stopped as ``install_kill`` says."""
     import importlib
 
-    from utils.stage import run_main
+    from training.stage import run_main
 
     install_kill(kill)
     module = importlib.import_module(entry)
@@ -275,7 +275,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     """A NaN loss in epoch 2 (in this process: no kill involved): exit code 2, a message naming
     epoch, micro-batch and optimizer step, and the checkpoint of epoch 1 left intact."""
     import main as promptmil_main
-    from utils.stage import run_main
+    from training.stage import run_main
 
     install_kill(("nan", 6), monkeypatch.setattr)
     argv = ["-cfg", CI, "--output", str(tmp_path), "--opts", *data, *SMALL, "TRAIN.EPOCHS", "2"]

@@ -10,8 +10,8 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
-from utils import robustness as rb
-from utils import strong_attacks as sa
+from evaluation import robustness as rb
+from attacks import strong as sa
 from tests.cfg_helpers import tiny_synthetic_cfg
 from utils.config import build_arg_parser
 from utils.errors import ConfigError

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.stage import read_scores
+from training.stage import read_scores
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -249,8 +249,8 @@ def test_score_and_label_outputs_load_without_pickle(tmp_path):
     from types import SimpleNamespace
 
     from datasets.lists import VideoRecord
-    from utils.pseudo_labels import VideoPseudoLabels, read_pseudo_labels, write_pseudo_labels
-    from utils.stage import read_scores, write_results, write_scores
+    from training.pseudo_labels import VideoPseudoLabels, read_pseudo_labels, write_pseudo_labels
+    from training.stage import read_scores, write_results, write_scores
 
     stage = SimpleNamespace(is_main=True, output=tmp_path, name="t", started=0.0,
                             args=SimpleNamespace(config="c.yaml"), logger=SimpleNamespace(info=lambda *a: None))
@@ -285,7 +285,7 @@ def test_crafted_checkpoint_through_the_stage_is_refused(tmp_path, capsys):
     import torch
 
     import main as promptmil_main
-    from utils.stage import run_main
+    from training.stage import run_main
 
     from datasets.synthetic import make_synthetic_dataset
 

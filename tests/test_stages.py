@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 import main as promptmil_main
 import main_advtrain
 import main_attack
-from utils import engine, signals
+from training import engine
+from utils import signals
 from utils.errors import ConfigError
-from utils.stage import read_scores
+from training.stage import read_scores
 
 pytestmark = pytest.mark.slow
 
@@ -203,7 +204,7 @@ def test_random_init_is_the_same_on_every_rank():
     from types import SimpleNamespace
 
     from utils.config import load_config_file
-    from utils.stage import build_model
+    from training.stage import build_model
 
     cfg = load_config_file(CI)
     stage = SimpleNamespace(cfg=cfg, logger=logging.getLogger("test"), device=torch.device("cpu"))

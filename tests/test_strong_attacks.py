@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from tests.toy_models import ToyVideoModel, random_videos, text_tokens
-from utils import attacks
-from utils import robustness as rb
-from utils import strong_attacks as sa
+from attacks import pgd as attacks
+from evaluation import robustness as rb
+from attacks import strong as sa
 from utils.errors import ConfigError
 
 EPS = 8 / 255

@@ -72,7 +72,7 @@ def safe_file_name(name):
 def plot_videos(out_dir, per_video, adversarial=None, limit=None):
     """One score-curve PNG per video in ``out_dir``; returns the paths.
 
-    per_video: {name: {"scores", "labels"}} (utils.metrics.evaluate_scores' ``per_video``);
+    per_video: {name: {"scores", "labels"}} (evaluation.metrics.evaluate_scores' ``per_video``);
     adversarial: the same for the attacked clips (drawn on the same axes when given);
     limit: at most this many videos (anomalous ones first, then in order).
     """

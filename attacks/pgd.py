@@ -8,7 +8,7 @@ Pixel space is [0, 1]; ``eps`` and ``step_size`` are in those units (EPS / 255).
 """
 import torch
 
-from utils import strong_attacks
+from attacks import strong as strong_attacks
 from utils.errors import ConfigError
 
 

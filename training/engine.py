@@ -60,13 +60,13 @@ def memory_mb(device) -> float:
 # ----------------------------------------------------------------------------- RNG state
 def rng_state() -> dict:
     """This process's RNG states (python, numpy, torch, CUDA), checkpoint-safe types."""
-    from utils.checkpoint import capture_rng_state
+    from training.checkpoint import capture_rng_state
 
     return capture_rng_state()
 
 
 def set_rng_state(state: dict) -> None:
-    from utils.checkpoint import restore_rng_state
+    from training.checkpoint import restore_rng_state
 
     restore_rng_state(state)
 
@@ -100,7 +100,7 @@ def view_clips(imgs, use_view2):
 
 def promptmil_step(model, batch, text_tokens, cfg, device, micro):
     """Stage-1 loss of one batch: MIL + smoothness + sparsity (mean over the used views)."""
-    from utils.losses import promptmil_loss
+    from training.losses import promptmil_loss
 
     imgs = batch["imgs"].to(device, non_blocking=True)
     labels = batch["label"].to(device)
@@ -156,8 +156,8 @@ def make_advtrain_step(pseudo_labels=None, attack_generator=None):
     ADV_TRAIN.LOSS 'ce' (per-clip CE + smoothness) or 'mil'; with ADV_TRAIN.CLEAN_WEIGHT w > 0
     the loss is (1 - w) * adversarial + w * clean, both from one forward pass.
     """
-    from utils.attacks import pgd
-    from utils.losses import advtrain_loss
+    from attacks.pgd import pgd
+    from training.losses import advtrain_loss
 
     def step(model, batch, text_tokens, cfg, device, micro):
         imgs = batch["imgs"].to(device, non_blocking=True)
@@ -366,10 +366,10 @@ def _rows_to_videos(rows):
 
 @torch.no_grad()
 def evaluate(model, loader, text_tokens, cfg, logger, desc="test"):
-    """Score every test segment; metrics from utils.metrics on rank-gathered scores.
+    """Score every test segment; metrics from evaluation.metrics on rank-gathered scores.
 
     Returns ``{"metrics": {auc_all, auc_ano, ap, ...}, "videos": {path: {"starts",
-    "lengths", "scores"}}, "eval": <utils.metrics.evaluate_scores result>, "segments_per_s"}``.
+    "lengths", "scores"}}, "eval": <evaluation.metrics.evaluate_scores result>, "segments_per_s"}``.
     """
     device = model_device(model)
     net = unwrap(model)
@@ -394,7 +394,7 @@ def evaluate(model, loader, text_tokens, cfg, logger, desc="test"):
 
 def score_metrics(videos, records, cfg):
     """(metrics {auc_all, auc_ano, ap, num_videos, num_frames}, full evaluate_scores result)."""
-    from utils.metrics import evaluate_scores
+    from evaluation.metrics import evaluate_scores
 
     result = evaluate_scores({p: v["scores"] for p, v in videos.items()}, records,
                              count_start_zero=cfg.DATA.COUNT_START_ZERO, smooth=cfg.TEST.SMOOTH)
@@ -433,7 +433,7 @@ def generate_pseudo_labels(model, loader, text_tokens, cfg, logger):
     ``loader``: the deterministic train-as-test loader (datasets.build.build_train_as_test_loader).
     Gathered from all ranks; every rank returns the same dict.
     """
-    from utils.pseudo_labels import VideoPseudoLabels
+    from training.pseudo_labels import VideoPseudoLabels
 
     device = model_device(model)
     net = unwrap(model)
@@ -475,9 +475,9 @@ def evaluate_attack(model, loader, text_tokens, cfg, logger, attack_settings):
 
     Returns ``(clean_rows, adv_rows, seconds)`` gathered from all ranks; rows are
     (path, seg_start, seg_len, P(abnormal)). ``attack_settings``: keyword arguments of
-    utils.attacks.pgd (eps in [0,1] units).
+    attacks.pgd.pgd (eps in [0,1] units).
     """
-    from utils.attacks import pgd_in_chunks
+    from attacks.pgd import pgd_in_chunks
 
     device = model_device(model)
     net = unwrap(model)
@@ -519,7 +519,7 @@ def rows_to_scores(rows) -> dict:
 def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=None):
     """Train TRAIN.EPOCHS epochs (continuing a resumed run), evaluating every SAVE_FREQ epochs.
 
-    Checkpoints (utils.checkpoint): ``last`` after every epoch and on a stop signal (with the
+    Checkpoints (training.checkpoint): ``last`` after every epoch and on a stop signal (with the
     position inside the epoch and every rank's RNG states, so the run continues exactly);
     ``best`` when AUC@all improves, its metadata holding the score threshold chosen on the
     evaluated frames (see :func:`choose_threshold`). ``on_best(eval_result, epoch)`` is called
@@ -528,7 +528,7 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
     """
     from datasets.build import set_loader_epoch
     from utils import signals
-    from utils.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch
+    from training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch
 
     cfg, logger = stage.cfg, stage.logger
     optimizer = build_optimizer(cfg, model)
@@ -590,8 +590,8 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
 
 def resume_checkpoint_path(stage):
     """MODEL.RESUME, else the last checkpoint of OUTPUT when TRAIN.AUTO_RESUME or the folder
-    holds this same run (utils.stage.check_output_folder), else None."""
-    from utils import checkpoint as ckpt
+    holds this same run (training.stage.check_output_folder), else None."""
+    from training import checkpoint as ckpt
 
     if stage.cfg.MODEL.RESUME:
         return stage.cfg.MODEL.RESUME
@@ -602,7 +602,7 @@ def resume_checkpoint_path(stage):
 
 def save_training_state(stage, tag, model, optimizer, scheduler, state: TrainState, extra=None):
     """Checkpoint ``tag`` (rank 0 writes; every rank must call: RNG states are gathered)."""
-    from utils import checkpoint as ckpt
+    from training import checkpoint as ckpt
 
     rngs = dist.all_gather_object(rng_state())
     if dist.is_main_process():
@@ -616,7 +616,7 @@ def save_training_state(stage, tag, model, optimizer, scheduler, state: TrainSta
 
 def load_training_state(path, model, optimizer, scheduler, logger):
     """Load a checkpoint written by :func:`save_training_state` -> (TrainState, RNG to restore or None)."""
-    from utils import checkpoint as ckpt
+    from training import checkpoint as ckpt
 
     meta = ckpt.load_checkpoint(str(path), model, optimizer, scheduler)
     extra = meta.get("extra", meta)

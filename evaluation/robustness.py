@@ -1,6 +1,6 @@
 """Robustness evaluation beyond one PGD-10 run: attack registry, sweeps, sanity checks, report.
 
-Pieces (all attacks from :mod:`utils.strong_attacks`, eps in [0, 1] units):
+Pieces (all attacks from :mod:`attacks.strong`, eps in [0, 1] units):
 - ``ATTACKS`` / :func:`run_attack`: every attack by name behind one signature.
 - :class:`AttackSetting`, :func:`plan_settings`: which (attack, eps, steps, restarts) runs.
 - :func:`attack_batches`: one pass over batches of segments, every setting applied to each
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import strong_attacks as sa
+from attacks import strong as sa
 from utils.errors import ConfigError
 
 logger = logging.getLogger("FrameShield.robustness")
@@ -389,7 +389,7 @@ def plan_settings(cfg, args):
     restarts, Square, transfer (with --transfer-from), and the default sweeps unless given.
     Sweeps use ``--sweep-attack`` (default ``--attack``).
     """
-    from utils.attacks import attack_settings_from_config
+    from attacks.pgd import attack_settings_from_config
 
     base = attack_settings_from_config(cfg)
     eps, steps = base["eps"], base["steps"]
@@ -483,7 +483,7 @@ def scores_by_video(segment_scores):
 
 def records_metrics_fn(records, count_start_zero=False, smooth=True):
     """metrics_fn for segment keys (path, seg_start, seg_len): the published frame-level metric."""
-    from utils.metrics import evaluate_scores
+    from evaluation.metrics import evaluate_scores
 
     def metrics(segment_scores):
         videos = scores_by_video(segment_scores)
@@ -589,7 +589,7 @@ def _progress(loader):
 def run_robustness(stage, args, loader, text_tokens, build_model, weights=None):
     """Evaluate one or more checkpoints and write the report (rank 0) -> {name: results}.
 
-    stage: utils.stage.Stage (cfg, logger, output, is_main). build_model: callable(path or
+    stage: training.stage.Stage (cfg, logger, output, is_main). build_model: callable(path or
     None) -> model (e.g. ``lambda w: stages.build_model(stage, w)``). weights: the stage's
     checkpoint, used when --report-models is not given. Writes OUTPUT/robustness.json,
     OUTPUT/plots/robustness_*.png and, with --report, OUTPUT/robustness.md.

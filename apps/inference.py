@@ -6,8 +6,8 @@ segments of ``DATA.NUM_FRAMES * DATA.FRAME_INTERVAL`` frames, one clip of T fram
 each clip goes through the test transform (``datasets.transforms.build_test_view``), the
 anomaly probability of a segment is ``softmax(logits)[:, 1]`` (averaged over crops with
 TEST.NUM_CROP 3), and segment scores are spread over frames with
-``utils.metrics.segment_scores_to_frames`` (optionally the published 32-window smoothing,
-``utils.metrics.smooth_windows``).
+``evaluation.metrics.segment_scores_to_frames`` (optionally the published 32-window smoothing,
+``evaluation.metrics.smooth_windows``).
 
 Streaming: segments are processed in chunks covering at most ``chunk_frames`` video frames
 (whole segments, at least one), and only the T sampled frames of each segment are decoded,
@@ -19,11 +19,11 @@ use ``fps`` (default :data:`DEFAULT_FOLDER_FPS`); an explicit ``fps`` overrides 
 
 Threshold: the training stages store the score threshold chosen on the validation frames
 (max F1) in ``checkpoints/<tag>.state.pt`` (``extra.score_threshold`` in ``best``, and
-``extra.threshold.f1`` in every checkpoint of a training run; see ``utils.engine.fit``); a
+``extra.threshold.f1`` in every checkpoint of a training run; see ``training.engine.fit``); a
 checkpoint without one (other formats, or no defined threshold) uses
 :data:`DEFAULT_THRESHOLD`, logged as a warning.
 
-Attack (optional): every clip is attacked with L-inf PGD (``utils.attacks.pgd``, ATTACK.*
+Attack (optional): every clip is attacked with L-inf PGD (``attacks.pgd.pgd``, ATTACK.*
 settings) with clip label "anomalous", which makes the attacker push P(abnormal) down: an
 adversary hiding an event. The perturbation acts on the model input (the transformed clip
 in [0, 1]) and stays within eps of it.
@@ -137,7 +137,7 @@ def _probe_video_file(path):
 # ----------------------------------------------------------------------------- model and threshold
 def resolve_config_path(config, weights) -> Path:
     """``config`` when given, else the ``<tag>.yaml`` a FrameShield checkpoint has beside it."""
-    from utils.checkpoint import checkpoint_file
+    from training.checkpoint import checkpoint_file
 
     if config:
         return Path(config)
@@ -154,7 +154,7 @@ def read_stored_threshold(weights):
     import pickle
     import zipfile
 
-    from utils.checkpoint import checkpoint_file
+    from training.checkpoint import checkpoint_file
 
     state_file = checkpoint_file(weights, ".state.pt")
     if not state_file.is_file():
@@ -199,7 +199,7 @@ def load_model(cfg, weights, device, log=logger):
     A FrameShield checkpoint with a manifest is verified first (CheckpointError when damaged).
     """
     from models import xclip
-    from utils.checkpoint import checkpoint_file, verify_checkpoint
+    from training.checkpoint import checkpoint_file, verify_checkpoint
 
     if not weights:
         raise ConfigError("pass --pretrained CHECKPOINT (the trained model to score with)")
@@ -258,9 +258,9 @@ def clips_of_segments(frames, segments, view):
 
 def clip_probabilities(model, clips, tokens, batch_size, cfg=None):
     """P(abnormal) [S] of clips [S, T, 3, s, s] or [S, crops, T, 3, s, s] (crop mean),
-    scored as the evaluation scores them (utils.engine.segment_probabilities)."""
+    scored as the evaluation scores them (training.engine.segment_probabilities)."""
     from utils.config import get_default_config
-    from utils.engine import segment_probabilities
+    from training.engine import segment_probabilities
 
     cfg = cfg if cfg is not None else get_default_config()
     device = next(model.parameters()).device
@@ -278,8 +278,8 @@ def attack_clips(model, clips, tokens, settings, batch_size, cfg=None):
     clips: [S, T, 3, s, s] (or with a crops dim) float in [0, 1]; returns the attacked clips
     of the same shape, within ``settings["eps"]`` of ``clips`` (L-inf) and inside [0, 1].
     """
-    from utils.attacks import pgd_in_chunks
-    from utils.engine import autocast
+    from attacks.pgd import pgd_in_chunks
+    from training.engine import autocast
 
     device = next(model.parameters()).device
     flat = clips.reshape(-1, *clips.shape[-4:]).to(device)
@@ -305,7 +305,7 @@ def score_video(model, tokens, source, cfg, chunk_frames=DEFAULT_CHUNK_FRAMES, a
                 show_progress=True, desc=None):
     """Segment scores of ``source`` streamed in chunks of at most ``chunk_frames`` frames.
 
-    attack: None, or the keyword arguments of ``utils.attacks.pgd`` (eps in [0, 1] units).
+    attack: None, or the keyword arguments of ``attacks.pgd.pgd`` (eps in [0, 1] units).
     """
     from datasets.sampling import video_segments
     from datasets.transforms import build_test_view
@@ -340,7 +340,7 @@ def score_video(model, tokens, source, cfg, chunk_frames=DEFAULT_CHUNK_FRAMES, a
 
 def frame_scores(segment_scores, num_frames, smooth=False):
     """Per-frame scores float32 [num_frames] with the evaluation's mapping (and smoothing)."""
-    from utils.metrics import segment_scores_to_frames, smooth_windows
+    from evaluation.metrics import segment_scores_to_frames, smooth_windows
 
     frames = segment_scores_to_frames(segment_scores, num_frames)
     return smooth_windows(frames) if smooth else frames
@@ -405,7 +405,7 @@ def annotation_labels(list_file, video_path, num_frames, count_start_zero=False,
     Labels follow the evaluation's rule (``datasets.lists.frame_labels``).
     """
     from datasets.lists import frame_labels, parse_list_file
-    from utils.metrics import video_name
+    from evaluation.metrics import video_name
 
     records = parse_list_file(list_file, kind="test")
     path = Path(video_path)
@@ -579,7 +579,7 @@ class InferenceOptions:
     min_duration: float = 0.0
     merge_gap: float = 0.0
     chunk_frames: int = DEFAULT_CHUNK_FRAMES
-    attack: dict | None = None  # utils.attacks.pgd keyword arguments
+    attack: dict | None = None  # attacks.pgd.pgd keyword arguments
     render: bool = False
     render_seconds: float = DEFAULT_RENDER_SECONDS
     annotation: str | None = None

@@ -168,7 +168,7 @@ def plan_stages(preset: str, seeds, output: Path, data_root: Path, num_workers: 
 def stage_signature(stage: Stage) -> str:
     """Hash of the merged config the stage will run with (its computing keys) and its weights' path."""
     from utils.config import build_arg_parser, config_to_yaml, get_config
-    from utils.stage import RUN_MODE_KEYS, _flatten
+    from training.stage import RUN_MODE_KEYS, _flatten
     import yaml
 
     argv = [stage.script] + stage.arguments()
@@ -521,7 +521,7 @@ def print_table(summary: dict, seeds) -> None:
 
 # ----------------------------------------------------------------------------- plots
 def _attack_scores(folder: Path) -> dict:
-    from utils.stage import read_scores
+    from training.stage import read_scores
 
     return read_scores(folder / "scores.npz")
 

@@ -1,6 +1,6 @@
 """Attacks stronger than (and different from) the published PGD-10, for robustness evaluation.
 
-All attacks share the clip-level objective of :func:`utils.attacks.pgd`: clips labelled
+All attacks share the clip-level objective of :func:`attacks.pgd.pgd`: clips labelled
 normal (label 0) are pushed toward "abnormal" and clips labelled anomalous (label > 0)
 toward "normal". They work in [0, 1] pixel space on ``videos [N, T, 3, H, W]`` with an
 L-infinity budget ``eps`` in [0, 1] units (EPS / 255), keep every clip inside the eps-ball
@@ -211,7 +211,7 @@ def pgd(model, videos, text_tokens, clip_labels, eps, steps=10, step_size=None, 
     with the highest final objective is kept. Restart 0 starts at the clean clip unless
     ``random_start``; the others start at uniform points of the eps-ball.
     With restarts=1, no random start and objective "prob" this is the published update,
-    identical to :func:`utils.attacks.pgd`.
+    identical to :func:`attacks.pgd.pgd`.
     """
     labels = _check_inputs(videos, clip_labels, eps, steps, restarts)
     if step_size is None:

@@ -206,7 +206,7 @@ def _finite(obj):
 
 
 class BestEvaluation:
-    """``on_best`` callback of :func:`utils.engine.fit`: keeps the best evaluation and writes
+    """``on_best`` callback of :func:`training.engine.fit`: keeps the best evaluation and writes
     its clean scores (``OUTPUT/scores.npz``) each time a new best is found."""
 
     def __init__(self, stage: Stage):
@@ -221,7 +221,7 @@ def write_scores(stage: Stage, score_sets: dict, evals: dict, name="scores.npz")
     """Per-video segment and frame scores as ``OUTPUT/scores.npz`` (rank 0; no pickle).
 
     score_sets: {set name ("clean", "adversarial"): {video path: {"starts", "lengths", "scores"}}};
-    evals: {set name: utils.metrics.evaluate_scores result} for the frame-level curves.
+    evals: {set name: evaluation.metrics.evaluate_scores result} for the frame-level curves.
     Arrays (V videos in sorted path order, S segments, F frames):
     ``videos`` [V] str; ``seg_offsets`` [V+1], ``seg_starts`` [S], ``seg_lengths`` [S],
     ``<set>_scores`` [S] float32 (segments of video v: seg_offsets[v]:seg_offsets[v+1]);
@@ -230,7 +230,7 @@ def write_scores(stage: Stage, score_sets: dict, evals: dict, name="scores.npz")
     """
     if not stage.is_main:
         return
-    from utils.metrics import video_name
+    from evaluation.metrics import video_name
 
     first = next(iter(score_sets.values()))
     videos = sorted(first)
@@ -292,7 +292,7 @@ def weights_to_test(stage: Stage):
 
 def report_evaluation(stage: Stage, result: dict, weights, key="test") -> dict:
     """Scores, plots and results.json of one evaluated model (main.py --only_test)."""
-    from utils.engine import choose_threshold
+    from training.engine import choose_threshold
 
     threshold = choose_threshold(result["eval"])
     write_scores(stage, {"clean": result["videos"]}, {"clean": result["eval"]})
