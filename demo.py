@@ -16,11 +16,11 @@ import sys
 
 
 def build_parser():
-    from apps.demo import PRESETS
+    from apps.demo_stages import DEMO_PRESETS
 
     parser = argparse.ArgumentParser(description="FrameShield quick-start demo on the synthetic dataset")
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
-                        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
+    parser.add_argument("--preset", default="default", choices=sorted(DEMO_PRESETS),
+                        help="; ".join(f"{k}: {v.description}" for k, v in DEMO_PRESETS.items()))
     parser.add_argument("--seeds", type=int, default=1, help="number of training seeds (seed 0, 1, ...)")
     parser.add_argument("--first-seed", type=int, default=0, help="first training seed")
     parser.add_argument("--output", default=None,
@@ -45,7 +45,8 @@ def _interrupt(signum, frame):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from apps.demo import default_output, run_demo
+    from apps.demo import run_demo
+    from apps.demo_stages import default_output
     from utils.errors import FrameShieldError
 
     if args.seeds < 1:

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     args = build_arg_parser("FrameShield: Grad-CAM masks for SRD's gradcam mode").parse_args(argv)
     from datasets.build import build_train_as_test_loader
     from utils import dist
-    from training.engine import progress
+    from utils.logger import progress
     from apps.gradcam import compute_masks
     from training.stage import build_model, setup_stage, text_tokens
 
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         stage.logger.info(f"Grad-CAM over {len(loader.dataset)} segments of normal training videos "
                           f"-> {stage.output}")
         counts = compute_masks(model, loader, tokens, stage.output, stage.device, stage.logger,
-                               progress=lambda it: progress(it, desc="gradcam", total=len(loader)))
+                               progress=lambda it: progress(it, desc="gradcam", total=len(loader), rank=dist.get_rank()))
         stage.logger.info(f"to use them: --opts ADV_TRAIN.GRADCAM_DIR {stage.output} "
                           "ADV_TRAIN.SRD_MODE gradcam")
         return 0 if counts["segments"] == len(loader.dataset) else 1

@@ -54,8 +54,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from apps import inference
-    from attacks.pgd import attack_settings_from_config, default_step_size
+    from apps import inference, thresholds
+    from attacks.settings import attack_settings, describe
     from utils.config import get_config, save_config
     from utils.errors import ConfigError, DataError
     from utils.io import atomic_write_json
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
     if args.intervals and len(args.videos) > 1:
         raise ConfigError("--intervals describes one video; with several videos use --annotation LIST_FILE")
-    config_path = inference.resolve_config_path(args.config, args.pretrained)
+    config_path = thresholds.resolve_config_path(args.config, args.pretrained)
     cfg = get_config(SimpleNamespace(config=str(config_path), opts=args.opts, output=args.output,
                                      pretrained=args.pretrained))
     log = create_logger(cfg.OUTPUT, 0)
@@ -74,18 +74,15 @@ def main(argv=None) -> int:
     log.info(f"infer: {len(args.videos)} video(s) on {device}; config {config_path}")
     model = inference.load_model(cfg, args.pretrained, device, log)
     tokens = inference.class_tokens(cfg, device)
-    threshold, source, origin = inference.resolve_threshold(args.threshold, args.pretrained, log)
+    threshold, source, origin = thresholds.resolve_threshold(args.threshold, args.pretrained, log)
     log.info(f"score threshold {threshold:.4g} from {source}")
     if cfg.TEST.SMOOTH and not args.smooth and origin == "checkpoint":
         log.info("the stored threshold was chosen on 32-window smoothed frame scores (TEST.SMOOTH); "
                  "pass --smooth to score the same way")
     attack = None
     if args.attack:
-        attack = attack_settings_from_config(cfg)
-        if attack["step_size"] is None:
-            attack["step_size"] = default_step_size(attack["eps"], attack["steps"]) if attack["steps"] else 0.0
-        log.info(f"PGD toward 'all normal': eps {attack['eps'] * 255:g}/255, {attack['steps']} steps of "
-                 f"{attack['step_size'] * 255:g}/255")
+        attack = attack_settings(cfg)
+        log.info("toward 'all normal': " + describe(attack))
     options = inference.InferenceOptions(
         threshold=threshold, threshold_source=source, smooth=args.smooth, min_duration=args.min_duration,
         merge_gap=args.merge_gap, chunk_frames=args.chunk_frames, attack=attack, render=args.render,

@@ -14,7 +14,8 @@ def main(argv=None) -> int:
     args = build_arg_parser("FrameShield stage 1: PromptMIL training and testing").parse_args(argv)
     from datasets.build import build_test_loader, build_train_loader
     from utils import dist
-    from training import engine, stage as stages
+    from evaluation.scoring import evaluate
+    from training import engine, stage as stages, steps
 
     stage = stages.setup_stage("promptmil", args)
     try:
@@ -23,13 +24,13 @@ def main(argv=None) -> int:
         if stage.cfg.TEST.ONLY_TEST:
             weights = stages.weights_to_test(stage)
             model = stages.build_model(stage, weights)
-            result = engine.evaluate(model, test_loader, tokens, stage.cfg, stage.logger)
+            result = evaluate(model, test_loader, tokens, stage.cfg, stage.logger)
             stages.report_evaluation(stage, result, weights)
             return 0
         model = stages.build_model(stage)
         train_loader = build_train_loader(stage.cfg, stage.dist)
         best = stages.BestEvaluation(stage)
-        summary = engine.fit(stage, model, train_loader, test_loader, tokens, engine.promptmil_step, best)
+        summary = engine.fit(stage, model, train_loader, test_loader, tokens, steps.promptmil_step, best)
         if not summary["stopped"]:
             stages.report_training(stage, summary, best.result)
         return 0

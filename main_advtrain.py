@@ -16,7 +16,8 @@ def main(argv=None) -> int:
     args = build_arg_parser("FrameShield stage 2: pseudo labels and adversarial training").parse_args(argv)
     from datasets.build import build_test_loader, build_train_as_test_loader, build_train_loader
     from utils import dist
-    from training import engine, pseudo_labels, stage as stages
+    from attacks.settings import attack_settings, describe
+    from training import engine, pseudo_labels, stage as stages, steps
 
     stage = stages.setup_stage("advtrain", args)
     cfg = stage.cfg
@@ -26,7 +27,7 @@ def main(argv=None) -> int:
         if cfg.TEST.ONLY_TEST:
             model = stages.build_model(stage, stages.weights_to_test(stage))
             loader = build_train_as_test_loader(cfg, dist_info=stage.dist)
-            labels = engine.generate_pseudo_labels(model, loader, tokens, cfg, stage.logger)
+            labels = pseudo_labels.generate_pseudo_labels(model, loader, tokens, cfg, stage.logger)
             if stage.is_main:
                 pseudo_labels.write_pseudo_labels(target, labels)
                 stage.logger.info(f"wrote {target} ({len(labels)} videos)")
@@ -43,11 +44,12 @@ def main(argv=None) -> int:
         model = stages.build_model(stage)
         test_loader = build_test_loader(cfg, dist_info=stage.dist)
         best = stages.BestEvaluation(stage)
-        step = engine.make_advtrain_step(labels)
+        step = steps.make_advtrain_step(labels)
+        stage.logger.info("adversarial training, inner attack: " + describe(attack_settings(cfg, "train")))
         summary = engine.fit(stage, model, train_loader, test_loader, tokens, step, best)
         if not summary["stopped"]:
             summary["pseudo_labels"] = str(target) if labels is not None else None
-            summary["attack"] = engine.train_attack_settings(cfg)
+            summary["attack"] = attack_settings(cfg, "train")
             stages.report_training(stage, summary, best.result)
         return 0
     finally:

@@ -26,11 +26,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from attacks.registry import AttackSetting
+    from attacks.settings import attack_settings, describe
     from datasets.build import build_test_loader
-    from utils import dist
-    from training import engine, stage as stages
     from evaluation import robustness
-    from attacks.pgd import attack_settings_from_config, default_step_size
+    from evaluation.scoring import score_loader, score_metrics, scores_by_video
+    from training import stage as stages
+    from utils import dist
 
     stage = stages.setup_stage("attack", args)
     cfg = stage.cfg
@@ -39,19 +41,18 @@ def main(argv=None) -> int:
         weights = stages.weights_to_test(stage)
         model = stages.build_model(stage, weights)
         loader = build_test_loader(cfg, dist_info=stage.dist)
-        if robustness.robustness_requested(args):
-            return _robustness_stage(stage, args, loader, tokens, weights)
-        settings = attack_settings_from_config(cfg)
-        if settings["step_size"] is None:
-            settings["step_size"] = default_step_size(settings["eps"], settings["steps"]) if settings["steps"] else 0.0
-        stage.logger.info(f"PGD: eps {settings['eps'] * 255:g}/255, {settings['steps']} steps of "
-                          f"{settings['step_size'] * 255:g}/255, random start {settings['random_start']}, "
-                          f"restarts {settings['restarts']}")
-        clean_rows, adv_rows, seconds = engine.evaluate_attack(model, loader, tokens, cfg, stage.logger, settings)
+        if robustness.robustness_requested(cfg):
+            return _robustness_stage(stage, loader, tokens, weights)
+        settings = attack_settings(cfg)
+        stage.logger.info(describe(settings))
+        setting = AttackSetting("pgd", settings["eps"], settings["steps"], settings["restarts"],
+                                settings["random_start"], settings["step_size"])
+        result = score_loader(model, loader, tokens, cfg, [setting], desc="attack")
         records = loader.dataset.records
-        clean_scores, adv_scores = engine.rows_to_scores(clean_rows), engine.rows_to_scores(adv_rows)
-        clean, clean_eval = engine.score_metrics(clean_scores, records, cfg)
-        adv, adv_eval = engine.score_metrics(adv_scores, records, cfg)
+        clean_scores = scores_by_video(result["clean"])
+        adv_scores = scores_by_video(result["adversarial"][setting.key])
+        clean, clean_eval = score_metrics(clean_scores, records, cfg)
+        adv, adv_eval = score_metrics(adv_scores, records, cfg)
         stage.logger.info("            AUC@all  AUC@ano  AP")
         for name, m in (("clean", clean), ("adversarial", adv)):
             stage.logger.info(f"{name:<11} {m['auc_all']:.4f}   {m['auc_ano']:.4f}   {m['ap']:.4f}")
@@ -61,27 +62,27 @@ def main(argv=None) -> int:
                                         title=f"PGD eps {settings['eps'] * 255:g}/255, {settings['steps']} steps")
         attack = {**settings, "eps_255": settings["eps"] * 255, "step_size_255": settings["step_size"] * 255,
                   "batch_size": cfg.ATTACK.BATCH_SIZE, "norm": "linf", "labels": "ground truth per segment"}
-        num_segments = sum(len(v["scores"]) for v in clean_scores.values())
+        seconds = result["elapsed"]
         stages.write_results(stage, {
             "clean": _three(clean), "adversarial": _three(adv), "attack": attack, "checkpoint": weights,
-            "timings": {"attack_s": round(seconds, 3)}, "segments": num_segments,
-            "segments_per_s": num_segments / max(seconds, 1e-9), "plots": [str(p) for p in plot_paths]})
+            "timings": {"attack_s": round(seconds, 3)}, "segments": result["items"],
+            "segments_per_s": result["items"] / max(seconds, 1e-9), "plots": [str(p) for p in plot_paths]})
         return 0
     finally:
         dist.cleanup()
 
 
-def _robustness_stage(stage, args, loader, tokens, weights):
-    """The --attack/--sweep-*/--report path: every setting on one pass per model."""
+def _robustness_stage(stage, loader, tokens, weights):
+    """The ROBUSTNESS path (--attack/--sweep-*/--report): every setting on one pass per model."""
     import time
 
-    from evaluation import robustness
+    from evaluation import report, robustness
     from training import stage as stages
 
     start = time.perf_counter()
-    results = robustness.run_robustness(stage, args, loader, tokens, lambda w: stages.build_model(stage, w),
+    results = robustness.run_robustness(stage, loader, tokens, lambda w: stages.build_model(stage, w),
                                         weights=weights)
-    summary = robustness.summarize(results)
+    summary = report.summarize(results)
     first = next(iter(summary.values()))
     stages.write_results(stage, {
         "clean": _three(first["clean"]), "adversarial": _three(first["main"]),

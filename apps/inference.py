@@ -28,208 +28,44 @@ settings) with clip label "anomalous", which makes the attacker push P(abnormal)
 adversary hiding an event. The perturbation acts on the model input (the transformed clip
 in [0, 1]) and stays within eps of it.
 """
-import contextlib
 import csv
 import io
 import logging
 import math
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from utils.errors import CheckpointError, ConfigError, DataError
-from utils.io import atomic_path, atomic_write_json, atomic_write_text
+from apps.intervals import annotation_labels, detect_intervals, frame_scores, parse_interval_text, video_auc
+from apps.render import DEFAULT_RENDER_SECONDS, plot_scores, render_annotated
+from datasets.video_probe import open_source
+from utils.errors import ConfigError, DataError
+from utils.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("FrameShield.inference")
 
-DEFAULT_THRESHOLD = 0.5  # P(abnormal) > 0.5: the model's own class decision
-DEFAULT_FOLDER_FPS = 30.0
 DEFAULT_CHUNK_FRAMES = 256
-DEFAULT_RENDER_SECONDS = 20.0
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
 # ----------------------------------------------------------------------------- video sources
-@dataclass
-class VideoSource:
-    """An opened video: ``reader.read(indices) -> uint8 [N, 3, H, W]`` (datasets.frames)."""
-
-    path: Path
-    kind: str  # "file" or "frames"
-    num_frames: int
-    fps: float
-    fps_source: str  # "decord", "default" or "--fps"
-    reader: object
-
-    @property
-    def duration_s(self) -> float:
-        return self.num_frames / self.fps
-
-
-def count_folder_frames(folder, filename_tmpl) -> int:
-    """Consecutive frames ``filename_tmpl.format(first + i)`` in ``folder`` (first 0 or 1)."""
-    from datasets.frames import detect_start_index
-
-    folder = Path(folder)
-    names = {p.name for p in folder.iterdir()}
-    if not names:
-        raise DataError(f"video {folder}: the frame folder is empty (zero frames)")
-    if not any(Path(n).suffix.lower() in IMAGE_SUFFIXES for n in names):
-        raise DataError(f"video {folder}: the folder holds no image files (zero frames); "
-                        f"frames are read as {filename_tmpl!r} (DATA.FILENAME_TMPL)")
-    first = detect_start_index(folder, filename_tmpl)
-    count = 0
-    while filename_tmpl.format(first + count) in names:
-        count += 1
-    return count
-
-
-def open_source(path, filename_tmpl="img_{:08}.jpg", fps=None) -> VideoSource:
-    """Open a video file (decord) or a frame folder; DataError when it cannot be read.
-
-    ``fps``: None = decord's frame rate for files, :data:`DEFAULT_FOLDER_FPS` for folders.
-    """
-    from datasets.frames import VIDEO_SUFFIXES, open_video
-
-    path = Path(path)
-    if fps is not None and not (fps > 0 and math.isfinite(fps)):
-        raise ConfigError(f"--fps must be a positive number, got {fps}")
-    if path.is_dir():
-        num_frames = count_folder_frames(path, filename_tmpl)
-        rate, source = (fps, "--fps") if fps is not None else (DEFAULT_FOLDER_FPS, "default")
-        return VideoSource(path, "frames", num_frames, float(rate), source,
-                           open_video(path, num_frames, filename_tmpl))
-    if not path.exists():
-        raise DataError(f"video {path}: no such file or folder")
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise DataError(f"video {path}: not a frame folder and not a video file with one of the "
-                        f"suffixes {sorted(VIDEO_SUFFIXES)}")
-    num_frames, file_fps = _probe_video_file(path)
-    if fps is not None:
-        rate, source = fps, "--fps"
-    elif file_fps > 0 and math.isfinite(file_fps):
-        rate, source = file_fps, "decord"
-    else:
-        raise DataError(f"video {path}: the file states no frame rate ({file_fps}); pass --fps")
-    return VideoSource(path, "file", num_frames, float(rate), source, open_video(path, num_frames))
-
-
-def _probe_video_file(path):
-    """(frame count, average fps) of a video file through decord."""
-    import decord
-
-    if path.stat().st_size == 0:
-        raise DataError(f"video {path}: the file is empty (0 bytes, zero frames)")
-    try:
-        video = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        num_frames, rate = len(video), float(video.get_avg_fps())
-    except (decord.DECORDError, RuntimeError) as err:
-        raise DataError(f"video {path}: cannot read the video file ({err})") from err
-    if num_frames == 0:
-        raise DataError(f"video {path}: the video file holds zero frames")
-    return num_frames, rate
-
-
 # ----------------------------------------------------------------------------- model and threshold
-def resolve_config_path(config, weights) -> Path:
-    """``config`` when given, else the ``<tag>.yaml`` a FrameShield checkpoint has beside it."""
-    from training.checkpoint import checkpoint_file
-
-    if config:
-        return Path(config)
-    if weights:
-        beside = checkpoint_file(weights, ".yaml")
-        if beside.is_file():
-            return beside
-    raise ConfigError(f"no -cfg given and no config file beside the checkpoint {weights} "
-                      "(FrameShield checkpoints have checkpoints/<tag>.yaml); pass -cfg CONFIG.yaml")
-
-
-def read_stored_threshold(weights):
-    """``(threshold or None, where it came from)`` from ``<tag>.state.pt`` beside ``weights``."""
-    import pickle
-    import zipfile
-
-    from training.checkpoint import checkpoint_file
-
-    state_file = checkpoint_file(weights, ".state.pt")
-    if not state_file.is_file():
-        return None, f"no {state_file.name} beside the checkpoint"
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError,
-            zipfile.BadZipFile) as err:
-        raise CheckpointError(f"cannot read {state_file}: {type(err).__name__}: {err}") from err
-    extra = (state.get("extra") or {}) if isinstance(state, dict) else {}
-    # best.*: extra.score_threshold; every checkpoint of a training run also carries the
-    # training state's threshold dict (that of the best evaluation so far)
-    value, key = extra.get("score_threshold"), "extra.score_threshold"
-    if value is None and isinstance(extra.get("threshold"), dict):
-        value, key = extra["threshold"].get("f1"), "extra.threshold.f1"
-    if value is None:
-        return None, f"{state_file.name} holds no score threshold"
-    value = float(value)
-    if not math.isfinite(value):
-        return None, f"{state_file.name} holds a non-finite score threshold ({value})"
-    return value, f"{state_file} ({key}, max F1 on the validation frames)"
-
-
-def resolve_threshold(cli_value, weights, log=logger):
-    """``(threshold, source text, origin)``: the flag (origin "flag"), else the checkpoint's
-    ("checkpoint"), else :data:`DEFAULT_THRESHOLD` ("default", logged as a warning)."""
-    if cli_value is not None:
-        if not 0.0 <= cli_value <= 1.0:
-            raise ConfigError(f"--threshold must be within [0, 1] (a probability), got {cli_value}")
-        return float(cli_value), "--threshold", "flag"
-    stored, why = read_stored_threshold(weights) if weights else (None, "no checkpoint")
-    if stored is not None:
-        return stored, why, "checkpoint"
-    log.warning(f"the checkpoint has no stored score threshold ({why}); using the default "
-                f"{DEFAULT_THRESHOLD} (P(abnormal) > 0.5); pass --threshold to choose one")
-    return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} ({why})", "default"
-
-
 def load_model(cfg, weights, device, log=logger):
-    """X-CLIP from ``weights`` (any supported format) in eval mode on ``device``.
-
-    A FrameShield checkpoint with a manifest is verified first (CheckpointError when damaged).
-    """
-    from models import xclip
-    from training.checkpoint import checkpoint_file, verify_checkpoint
+    """The trained model to score with, in eval mode (training.stage.load_model, verified)."""
+    from training.stage import load_model as load_checkpoint_model
 
     if not weights:
         raise ConfigError("pass --pretrained CHECKPOINT (the trained model to score with)")
-    if not Path(weights).is_file():
-        raise CheckpointError(f"checkpoint {weights} does not exist")
-    if checkpoint_file(weights, ".manifest.json").is_file():
-        ok, problem = verify_checkpoint(weights)
-        if not ok:
-            raise CheckpointError(f"checkpoint {weights} is damaged: {problem}")
-    model, _, _ = xclip.load(
-        weights, name=cfg.MODEL.ARCH, device="cpu", T=cfg.DATA.NUM_FRAMES, logger=log,
-        prompts_alpha=cfg.MODEL.PROMPTS_ALPHA, prompts_layers=cfg.MODEL.PROMPTS_LAYERS,
-        mit_layers=cfg.MODEL.MIT_LAYERS, fix_text=cfg.MODEL.FIX_TEXT)
-    if model.input_resolution != cfg.DATA.INPUT_SIZE:
-        raise ConfigError(f"the checkpoint takes {model.input_resolution}px frames but DATA.INPUT_SIZE "
-                          f"is {cfg.DATA.INPUT_SIZE}; use the training config (-cfg) or "
-                          f"--opts DATA.INPUT_SIZE {model.input_resolution}")
-    return model.to(device).eval()
+    return load_checkpoint_model(cfg, weights, device, log, verify=True).eval()
 
 
 def class_tokens(cfg, device):
-    """Tokens [C, 77] of DATA.LABEL_LIST's class names (class 1 = abnormal)."""
-    from clip import tokenize
-    from datasets.lists import read_label_csv
+    """Tokens [C, 77] of DATA.LABEL_LIST's class names (training.stage.class_tokens)."""
+    from training.stage import class_tokens as tokens_of
 
-    names = read_label_csv(cfg.DATA.LABEL_LIST)
-    if len(names) != cfg.DATA.NUM_CLASSES or len(names) < 2:
-        raise ConfigError(f"{cfg.DATA.LABEL_LIST} lists {len(names)} classes; DATA.NUM_CLASSES is "
-                          f"{cfg.DATA.NUM_CLASSES} and scoring needs class 1 = abnormal")
-    return tokenize(names).to(device)
+    return tokens_of(cfg, device)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -257,19 +93,9 @@ def clips_of_segments(frames, segments, view):
 
 
 def clip_probabilities(model, clips, tokens, batch_size, cfg=None):
-    """P(abnormal) [S] of clips [S, T, 3, s, s] or [S, crops, T, 3, s, s] (crop mean),
-    scored as the evaluation scores them (training.engine.segment_probabilities)."""
-    from utils.config import get_default_config
-    from training.engine import segment_probabilities
-
-    cfg = cfg if cfg is not None else get_default_config()
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for i in range(0, clips.shape[0], batch_size):
-            part = clips[i:i + batch_size].to(device)
-            out.append(segment_probabilities(model, part, tokens, cfg, device)[:, 1].cpu())
-    return torch.cat(out)
+    """P(abnormal) [S] of clips [S, T, 3, s, s] or [S, crops, T, 3, s, s] (crop mean), scored
+    in batches of ``batch_size`` by the evaluation's evaluation.scoring.segment_probabilities."""
+    return score_clips(model, clips, tokens, batch_size, cfg)[0]
 
 
 def attack_clips(model, clips, tokens, settings, batch_size, cfg=None):
@@ -277,16 +103,40 @@ def attack_clips(model, clips, tokens, settings, batch_size, cfg=None):
 
     clips: [S, T, 3, s, s] (or with a crops dim) float in [0, 1]; returns the attacked clips
     of the same shape, within ``settings["eps"]`` of ``clips`` (L-inf) and inside [0, 1].
+    ``settings``: attacks.settings.attack_settings (or the keyword arguments of attacks.pgd.pgd).
     """
+    from attacks.common import amp_dtype_from_config
     from attacks.pgd import pgd_in_chunks
-    from training.engine import autocast
+    from attacks.settings import pgd_kwargs
 
     device = next(model.parameters()).device
     flat = clips.reshape(-1, *clips.shape[-4:]).to(device)
     labels = torch.ones(flat.shape[0], dtype=torch.long, device=device)
-    with autocast(cfg, device) if cfg is not None else contextlib.nullcontext():
-        adv = pgd_in_chunks(model, flat, tokens, labels, batch_size, **settings)
+    amp = amp_dtype_from_config(cfg, device) if cfg is not None else None
+    adv = pgd_in_chunks(model, flat, tokens, labels, batch_size, amp_dtype=amp, **pgd_kwargs(settings))
     return adv.detach().cpu().reshape(clips.shape)
+
+
+def score_clips(model, clips, tokens, batch_size, cfg=None, attack=None):
+    """(clean P(abnormal) [S], attacked P(abnormal) [S] or None, attacked clips or None) of
+    one chunk of clips, scored in batches of ``batch_size``; the attack (``attack``:
+    attacks.settings.attack_settings) labels every clip anomalous."""
+    from attacks.common import amp_dtype_from_config, eval_mode, make_forward
+    from evaluation.scoring import segment_probabilities
+
+    device = next(model.parameters()).device
+    forward = make_forward(model, tokens, amp_dtype_from_config(cfg, device) if cfg is not None else None)
+
+    def probabilities(x):
+        with eval_mode(model):
+            return torch.cat([segment_probabilities(forward, x[i:i + batch_size].to(device)).cpu()
+                              for i in range(0, x.shape[0], batch_size)])
+
+    clean = probabilities(clips)
+    if attack is None:
+        return clean, None, None
+    adv = attack_clips(model, clips, tokens, attack, cfg.ATTACK.BATCH_SIZE if cfg is not None else 0, cfg)
+    return clean, probabilities(adv), adv
 
 
 @dataclass
@@ -323,11 +173,11 @@ def score_video(model, tokens, source, cfg, chunk_frames=DEFAULT_CHUNK_FRAMES, a
     for group in segment_chunks(segments, chunk_frames):
         inds = [i for seg in group for i in seg.frame_inds]
         clips = clips_of_segments(source.reader.read(inds), group, view)
-        scores.append(clip_probabilities(model, clips, tokens, cfg.TEST.BATCH_SIZE, cfg))
+        clean, adv_scores, adv = score_clips(model, clips, tokens, cfg.TEST.BATCH_SIZE, cfg, attack)
+        scores.append(clean)
         if attack is not None:
-            adv = attack_clips(model, clips, tokens, attack, cfg.ATTACK.BATCH_SIZE, cfg)
             max_linf = max(max_linf, float((adv - clips).abs().max()))
-            attacked.append(clip_probabilities(model, adv, tokens, cfg.TEST.BATCH_SIZE, cfg))
+            attacked.append(adv_scores)
         bar.update(len(group))
     bar.close()
     return SegmentScores(
@@ -336,105 +186,6 @@ def score_video(model, tokens, source, cfg, chunk_frames=DEFAULT_CHUNK_FRAMES, a
         scores=torch.cat(scores).numpy().astype(np.float32),
         attacked=torch.cat(attacked).numpy().astype(np.float32) if attack is not None else None,
         max_linf=max_linf, seconds=time.time() - started)
-
-
-def frame_scores(segment_scores, num_frames, smooth=False):
-    """Per-frame scores float32 [num_frames] with the evaluation's mapping (and smoothing)."""
-    from evaluation.metrics import segment_scores_to_frames, smooth_windows
-
-    frames = segment_scores_to_frames(segment_scores, num_frames)
-    return smooth_windows(frames) if smooth else frames
-
-
-# ----------------------------------------------------------------------------- intervals
-def detect_intervals(scores, threshold, fps, min_duration=0.0, merge_gap=0.0):
-    """Runs of frames with score > ``threshold`` -> list of interval dicts.
-
-    Runs separated by a gap of at most ``merge_gap`` seconds are merged first; then
-    intervals shorter than ``min_duration`` seconds are dropped. Frames are end-exclusive:
-    ``start_frame`` is the first anomalous frame, ``end_frame`` the first frame after.
-    """
-    from utils.plots import anomaly_intervals
-
-    if min_duration < 0 or merge_gap < 0:
-        raise ConfigError(f"--min-duration and --merge-gap must be >= 0 seconds, got "
-                          f"{min_duration} and {merge_gap}")
-    scores = np.asarray(scores, dtype=np.float32)
-    merged = []
-    for start, end in anomaly_intervals(scores > threshold):
-        if merged and (start - merged[-1][1]) / fps <= merge_gap:
-            merged[-1][1] = end
-        else:
-            merged.append([start, end])
-    out = []
-    for start, end in merged:
-        if (end - start) / fps < min_duration:
-            continue
-        part = scores[start:end]
-        out.append({"start_frame": int(start), "end_frame": int(end),
-                    "start_s": round(start / fps, 6), "end_s": round(end / fps, 6),
-                    "duration_s": round((end - start) / fps, 6),
-                    "peak_score": float(part.max()), "mean_score": float(part.mean())})
-    return out
-
-
-# ----------------------------------------------------------------------------- ground truth
-def parse_interval_text(text, num_frames):
-    """``"10-40,80-95"`` (frames, end exclusive) -> labels uint8 [num_frames]."""
-    labels = np.zeros(num_frames, dtype=np.uint8)
-    for part in [p.strip() for p in text.split(",") if p.strip()]:
-        bounds = part.split("-")
-        try:
-            start, end = (int(b) for b in bounds) if len(bounds) == 2 else (None, None)
-        except ValueError:
-            start = end = None
-        if start is None:
-            raise ConfigError(f"--intervals: {part!r} is not START-END (frame numbers, end exclusive), "
-                              "e.g. --intervals 10-40,80-95")
-        if not 0 <= start < end <= num_frames:
-            raise ConfigError(f"--intervals: {part!r} must satisfy 0 <= start < end <= {num_frames} "
-                              "(the video's frame count)")
-        labels[start:end] = 1
-    return labels
-
-
-def annotation_labels(list_file, video_path, num_frames, count_start_zero=False, log=logger):
-    """Frame labels of ``video_path`` from a test list file, or None when it is not listed.
-
-    The entry is matched by the video's last path component (or, for a file, its stem).
-    Labels follow the evaluation's rule (``datasets.lists.frame_labels``).
-    """
-    from datasets.lists import frame_labels, parse_list_file
-    from evaluation.metrics import video_name
-
-    records = parse_list_file(list_file, kind="test")
-    path = Path(video_path)
-    names = [video_name(r.path) for r in records]
-    record = next((r for r, n in zip(records, names) if n == path.name), None)
-    if record is None:  # "clip" in the list for clip.mp4, or the other way round
-        record = next((r for r, n in zip(records, names) if Path(n).stem == path.stem), None)
-    if record is None:
-        log.warning(f"{path.name}: not in the annotation list {list_file}; no ground truth, no AUC")
-        return None
-    labels = frame_labels(record, count_start_zero)
-    if len(labels) != num_frames:
-        log.warning(f"{path.name}: {list_file}:{record.line} gives {len(labels)} frames but the video has "
-                    f"{num_frames}; labels beyond the shorter count are taken as normal")
-        fitted = np.zeros(num_frames, dtype=np.uint8)
-        n = min(num_frames, len(labels))
-        fitted[:n] = labels[:n]
-        labels = fitted
-    return labels
-
-
-def video_auc(scores, labels):
-    """Frame-level AUROC of one video, NaN when its labels hold a single class."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels)
-    if labels.min() == labels.max():
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -457,115 +208,6 @@ def write_tables(out_dir, fps, clean, attacked=None):
         writer.writerow(row)
     atomic_write_text(Path(out_dir) / "scores.csv", buffer.getvalue())
     return columns
-
-
-def plot_scores(path, times, clean, threshold, labels=None, attacked=None, auc=None,
-                attacked_auc=None, intervals=(), title=""):
-    """Score over time (seconds) with the threshold line, shaded ground truth and AUC."""
-    from matplotlib.figure import Figure
-
-    from utils.plots import anomaly_intervals, save_figure
-
-    figure = Figure(figsize=(9, 3))
-    axes = figure.add_subplot()
-    step = times[1] - times[0] if len(times) > 1 else 1.0
-    if labels is not None:
-        for k, (start, end) in enumerate(anomaly_intervals(labels)):
-            axes.axvspan(times[start], times[end - 1] + step, color="red", alpha=0.15, linewidth=0,
-                         label="ground truth" if k == 0 else None)
-    for k, interval in enumerate(intervals):
-        axes.axvspan(interval["start_s"], interval["end_s"], ymin=0.97, ymax=1.0, color="black",
-                     linewidth=0, label="detected" if k == 0 else None)
-    axes.plot(times, clean, color="tab:blue", label="clean" + (f" (AUC {auc:.3f})" if auc is not None and
-                                                                 math.isfinite(auc) else ""))
-    if attacked is not None:
-        label = "attacked (PGD)" + (f" (AUC {attacked_auc:.3f})" if attacked_auc is not None and
-                                    math.isfinite(attacked_auc) else "")
-        axes.plot(times, attacked, color="tab:orange", label=label)
-    axes.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
-    axes.set(xlim=(0, max(times[-1] + step, step)), ylim=(-0.02, 1.04), xlabel="time (s)",
-             ylabel="P(abnormal)", title=title)
-    axes.legend(loc="upper right", fontsize="small")
-    return save_figure(figure, path)
-
-
-# ----------------------------------------------------------------------------- rendering
-def overlay_frames(frames, scores, threshold):
-    """Draw the score bar and, on frames scoring above ``threshold``, a red border.
-
-    frames: uint8 [N, 3, H, W]; scores: [N]. The bar along the bottom is filled to
-    ``score * W`` (green below the threshold, red above) with a white tick at the threshold.
-    """
-    out = frames.clone()
-    n, _, h, w = out.shape
-    bar, border = max(4, h // 16), max(2, min(h, w) // 40)
-    red = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
-    green = torch.tensor([40, 200, 60], dtype=torch.uint8).view(3, 1, 1)
-    out[:, :, h - bar:, :] = 24
-    tick = min(w - 1, max(0, int(round(threshold * w))))
-    for i in range(n):
-        score = float(scores[i])
-        fill = int(round(min(max(score, 0.0), 1.0) * w))
-        anomalous = score > threshold
-        out[i, :, h - bar:, :fill] = red if anomalous else green
-        out[i, :, h - bar:, max(0, tick - 1):tick + 1] = 255
-        if anomalous:
-            out[i, :, :border, :] = red
-            out[i, :, h - border:, :] = red
-            out[i, :, :, :border] = red
-            out[i, :, :, w - border:] = red
-    return out
-
-
-def _encoder_size(h, w, min_short=240, max_long=960):
-    """Output size: small videos scaled up by an integer factor, large ones down; even sides."""
-    scale = 1.0
-    if min(h, w) < min_short:
-        scale = float(math.ceil(min_short / min(h, w)))
-    elif max(h, w) > max_long:
-        scale = max_long / max(h, w)
-    return max(2, int(h * scale) // 2 * 2), max(2, int(w * scale) // 2 * 2)
-
-
-def render_annotated(path, source, scores, threshold, max_seconds=DEFAULT_RENDER_SECONDS, chunk=32):
-    """A short annotated mp4 (H.264 via PyAV) around the highest-scoring frame.
-
-    At most ``max_seconds`` of video are written, centred on the peak score (the whole
-    video when shorter). Frames are decoded and encoded in chunks. Returns a dict with the
-    path and the rendered frame range.
-    """
-    import av
-    import torch.nn.functional as F
-
-    count = min(source.num_frames, max(1, int(round(max_seconds * source.fps))))
-    peak = int(np.argmax(scores))
-    first = min(max(0, peak - count // 2), source.num_frames - count)
-    rate = Fraction(source.fps).limit_denominator(1001)
-    with atomic_path(path) as tmp:
-        container = av.open(str(tmp), mode="w", format="mp4")
-        try:
-            stream = None
-            for lo in range(first, first + count, chunk):
-                inds = list(range(lo, min(lo + chunk, first + count)))
-                frames = source.reader.read(inds)
-                size = _encoder_size(*frames.shape[-2:])
-                if tuple(frames.shape[-2:]) != size:
-                    mode = "nearest" if size[0] > frames.shape[-2] else "area"
-                    frames = F.interpolate(frames.float(), size=size, mode=mode).round().clamp(0, 255).to(torch.uint8)
-                frames = overlay_frames(frames, scores[inds], threshold)
-                if stream is None:
-                    stream = container.add_stream("libx264", rate=rate)
-                    stream.height, stream.width = size
-                    stream.pix_fmt = "yuv420p"
-                for array in frames.permute(0, 2, 3, 1).contiguous().numpy():
-                    for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                        container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        finally:
-            container.close()
-    return {"path": str(path), "start_frame": first, "end_frame": first + count,
-            "start_s": round(first / source.fps, 6), "end_s": round((first + count) / source.fps, 6)}
 
 
 # ----------------------------------------------------------------------------- one video

@@ -75,7 +75,7 @@ class Preset:
     max_cover: float = 0.40
 
 
-PRESETS = {
+DATASET_PRESETS = {
     "small": Preset(num_train=12, num_test=8, min_frames=32, max_frames=48),
     "default": Preset(num_train=150, num_test=60, min_frames=64, max_frames=96),
     "large": Preset(num_train=400, num_test=160, min_frames=64, max_frames=128),
@@ -543,9 +543,9 @@ def _plan_split(preset, seed, split):
 
 def plan_videos(preset: str = "default", seed: int = 0) -> list[VideoSpec]:
     """All videos of a dataset (train first, then test); deterministic from (preset, seed)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown synthetic preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return [s for split in SPLITS for s in _plan_split(PRESETS[preset], seed, split)]
+    if preset not in DATASET_PRESETS:
+        raise ConfigError(f"unknown synthetic preset {preset!r}; choose one of {sorted(DATASET_PRESETS)}")
+    return [s for split in SPLITS for s in _plan_split(DATASET_PRESETS[preset], seed, split)]
 
 
 def _list_lines(specs):
@@ -567,7 +567,7 @@ def _meta(preset, seed, specs):
                          "anomalous_frames": sum(s.interval[1] - s.interval[0] for s in chosen if s.anomaly)}
     return {
         "generator": GENERATOR, "generator_version": GENERATOR_VERSION,
-        "preset": preset, "seed": seed, "preset_sizes": PRESETS[preset].__dict__,
+        "preset": preset, "seed": seed, "preset_sizes": DATASET_PRESETS[preset].__dict__,
         "frame_size": FRAME_SIZE, "filename_tmpl": FILENAME_TMPL, "jpeg_quality": JPEG_QUALITY,
         "scenes": [get_scene(i).name for i in range(NUM_SCENES)], "anomaly_types": list(ANOMALY_TYPES),
         "counts": counts,
@@ -716,7 +716,7 @@ def _folder_size(root):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Write FrameShield's embedded synthetic surveillance dataset.")
     parser.add_argument("--out", default=None, help="dataset root folder (e.g. data/synthetic)")
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="default", choices=sorted(DATASET_PRESETS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a synthetic dataset of another preset/seed at --out")

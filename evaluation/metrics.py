@@ -12,7 +12,7 @@ import logging
 from pathlib import PurePosixPath
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from utils.errors import DataError
 
@@ -210,3 +210,26 @@ def _average_precision(labels, scores, messages):
 def _preview(names, limit=5):
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def choose_threshold(eval_result) -> dict:
+    """Score thresholds chosen on the evaluated frames (smoothed frame scores of the list).
+
+    ``f1``: the threshold maximising F1 of "frame is anomalous" (the one stored as
+    ``score_threshold``); ``youden``: the one maximising TPR - FPR. None when undefined.
+    """
+    per_video = eval_result["per_video"]
+    if not per_video:
+        return {"f1": None, "youden": None, "rule": "max F1 over evaluated frames"}
+    scores = np.concatenate([v["scores"] for v in per_video.values()])
+    labels = np.concatenate([v["labels"] for v in per_video.values()])
+    if labels.min() == labels.max():
+        return {"f1": None, "youden": None, "rule": "max F1 over evaluated frames"}
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    best_f1 = int(np.argmax(f1))
+    fpr, tpr, roc_thr = roc_curve(labels, scores)
+    finite = np.isfinite(roc_thr)
+    youden = float(roc_thr[finite][np.argmax((tpr - fpr)[finite])]) if finite.any() else None
+    return {"f1": float(thresholds[best_f1]), "f1_value": float(f1[best_f1]), "youden": youden,
+            "rule": "max F1 over evaluated (smoothed) frame scores"}

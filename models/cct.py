@@ -7,9 +7,8 @@ block's spatial attention and then dropped again.
 """
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from clip.model import (MLP, DropPath, embed_patches, init_clip_transformer, init_vit,
+from clip.model import (MLP, DropPath, embed_patches, init_clip_transformer, init_vit, run_blocks,
                         LayerNorm, SelfAttention)
 
 
@@ -56,12 +55,7 @@ class CrossFrameTransformer(nn.Module):
             CrossFrameAttentionBlock(width, heads, num_frames, rate) for rate in rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.resblocks:
-            if self.use_checkpoint and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
+        return run_blocks(self.resblocks, x, self.use_checkpoint)
 
 
 class CrossFrameCommunicationTransformer(nn.Module):

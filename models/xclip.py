@@ -26,7 +26,7 @@ TEXT_TOWER_PREFIXES = ("transformer.", "token_embedding.", "positional_embedding
                        "ln_final.", "text_projection")
 
 # Architecture dimensions of the presets (OpenAI's for the ViTs).
-PRESETS = {
+ARCH_PRESETS = {
     "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
                      vision_patch_size=32, context_length=77, vocab_size=49408,
                      transformer_width=512, transformer_layers=12),
@@ -286,12 +286,12 @@ def load(model_path, name: str = "ViT-B/32", device="cpu", T: int = 8, droppath:
                    prompts_alpha=prompts_alpha, prompts_layers=prompts_layers,
                    mit_layers=mit_layers, fix_text=fix_text, logger=logger)
     if model_path is None:
-        if name not in PRESETS:
+        if name not in ARCH_PRESETS:
             raise CheckpointError(f"unknown model preset {name!r}; choose one of "
-                                  f"{sorted(PRESETS)}")
+                                  f"{sorted(ARCH_PRESETS)}")
         logger.info(f"no weights given: building {name} with random weights "
                     f"(nothing is downloaded)")
-        model = build_model(None, PRESETS[name], **options)
+        model = build_model(None, ARCH_PRESETS[name], **options)
     else:
         from models.checkpoint_io import read_state_dict
 

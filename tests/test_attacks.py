@@ -100,8 +100,12 @@ def test_random_start_restarts_and_generator(setup):
     coef = torch.where(labels == 0, 1.0, -1.0)
     model.eval()
     assert torch.all(coef * p_abnormal(model, best) >= coef * p_abnormal(model, single))
-    with pytest.raises(ConfigError, match="RANDOM_START"):
-        attacks.pgd(model, videos, text_tokens(), labels, EPS, restarts=2)
+    # restart 0 starts at the clean clip when there is no random start; the others are random
+    unrandom = attacks.pgd(model, videos, text_tokens(), labels, EPS, steps=2, restarts=2,
+                           generator=torch.Generator().manual_seed(3))
+    clean_start = attacks.pgd(model, videos, text_tokens(), labels, EPS, steps=2)
+    model.eval()
+    assert torch.all(coef * p_abnormal(model, unrandom) >= coef * p_abnormal(model, clean_start))
 
 
 def test_forward_fn_chunks_and_zero_steps(setup):
@@ -113,7 +117,7 @@ def test_forward_fn_chunks_and_zero_steps(setup):
         calls.append(x.shape[0])
         return model(x, text_tokens())["y"]
 
-    via_fn = attacks.pgd(model, videos, None, labels, EPS, steps=2, forward_fn=forward_fn)
+    via_fn = attacks.pgd(model, videos, None, labels, EPS, steps=2, forward=forward_fn)
     assert calls == [6, 6]
     whole = attacks.pgd(model, videos, text_tokens(), labels, EPS, steps=2)
     assert torch.equal(via_fn, whole)
@@ -126,11 +130,22 @@ def test_forward_fn_chunks_and_zero_steps(setup):
 def test_settings_from_config():
     from types import SimpleNamespace as NS
 
+    from attacks.settings import attack_settings, describe
+
     cfg = NS(ATTACK=NS(EPS=-1.0, STEPS=10, STEP_SIZE=-1.0, RANDOM_START=False, RESTARTS=1),
              ADV_TRAIN=NS(EPS=2.0))
-    settings = attacks.attack_settings_from_config(cfg)
-    assert settings["eps"] == pytest.approx(2 / 255) and settings["step_size"] is None
+    settings = attack_settings(cfg)
+    assert settings["eps"] == pytest.approx(2 / 255) and settings["step_size"] == pytest.approx(2.5 * 2 / 255 / 10)
+    assert settings["eps_key"].startswith("ADV_TRAIN.EPS") and "2/255 (from ADV_TRAIN.EPS" in describe(settings)
+    cfg.ADV_TRAIN.EPS = 4.0  # the published way to change the budget reaches the attack
+    assert attack_settings(cfg)["eps"] == pytest.approx(4 / 255)
+    cfg.ATTACK.RESTARTS = 2
+    with pytest.raises(ConfigError, match="RANDOM_START"):
+        attack_settings(cfg)
+    cfg.ATTACK.RESTARTS = 1
     cfg.ATTACK.EPS, cfg.ATTACK.STEP_SIZE = 0.5, 0.25
-    settings = attacks.attack_settings_from_config(cfg)
+    assert attack_settings(cfg, "train")["eps"] == pytest.approx(4 / 255)  # training attacks at ADV_TRAIN.EPS
+    settings = attack_settings(cfg)
+    assert settings["eps_key"] == "ATTACK.EPS"
     assert settings["eps"] == pytest.approx(0.5 / 255)
     assert settings["step_size"] == pytest.approx(0.25 / 255)

@@ -9,6 +9,7 @@ from utils.config import (
     get_config,
     get_default_config,
     load_config_file,
+    merge_opts,
     save_config,
 )
 from utils.errors import ConfigError
@@ -44,8 +45,32 @@ def test_defaults_match_contract(empty_yaml):
     assert cfg.TRAIN.W_SMOOTH == 0.01 and cfg.TRAIN.W_SPARSE == 0.001
     assert cfg.ADV_TRAIN.EPS == 2.0 and cfg.ADV_TRAIN.LOSS == "mil" and cfg.ADV_TRAIN.CLEAN_WEIGHT == 0.0
     assert cfg.ATTACK.EPS == -1.0 and cfg.ATTACK.STEPS == 10
-    assert cfg.AUG.CUTMIX == 1.0 and cfg.TEST.SMOOTH is True
+    assert cfg.AUG.COLOR_JITTER == 0.8 and cfg.TEST.SMOOTH is True
+    assert cfg.ROBUSTNESS.ATTACK == "pgd" and cfg.ROBUSTNESS.SQUARE_P_INIT == 0.8
     assert (cfg.OUTPUT, cfg.SAVE_FREQ, cfg.PRINT_FREQ, cfg.SEED, cfg.LOCAL_RANK) == ("", 1, 10, 1024, -1)
+
+
+@pytest.mark.parametrize("key", ["DATA.DATASET", "TEST.NUM_CLIP", "AUG.MIXUP", "AUG.CUTMIX", "AUG.LABEL_SMOOTH",
+                                 "AUG.MIXUP_SWITCH_PROB"])
+def test_removed_keys_say_they_were_removed(tmp_path, key):
+    section, name = key.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {name}: 1\n")
+    with pytest.raises(ConfigError, match=f"{key} in .* was removed .*delete the line"):
+        load_config_file(path)
+    with pytest.raises(ConfigError, match=f"{key} in --opts was removed"):
+        cfg = get_default_config()
+        merge_opts(cfg, [key, "1"])
+
+
+def test_robustness_keys_are_validated(tmp_path):
+    for text, match in (("ROBUSTNESS:\n  SQUARE_P_INIT: 0.0\n", "SQUARE_P_INIT"),
+                        ("ROBUSTNESS:\n  ATTACK: fgsm\n", "ROBUSTNESS.ATTACK must be one of"),
+                        ("ROBUSTNESS:\n  RESTARTS: -2\n", "ROBUSTNESS.RESTARTS")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_config_file(path)
 
 
 def test_config_flag_is_required():

@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from apps import demo  # noqa: E402
+from apps import demo_stages, demo_summary  # noqa: E402
 
 
 def _run_demo(output, data):
@@ -39,15 +39,15 @@ def demo_run(tmp_path_factory):
 def test_summary_files_hold_finite_numbers_for_every_model(demo_run):
     output, _, proc = demo_run
     summary = json.loads((output / "summary.json").read_text())
-    assert set(summary["models"]) == set(demo.MODELS)
+    assert set(summary["models"]) == set(demo_stages.MODELS)
     for model, stats in summary["models"].items():
-        for kind, metric in demo.METRICS:
+        for kind, metric in demo_stages.METRICS:
             value = stats[f"{kind}_{metric}"]["mean"]
             assert math.isfinite(value) and 0.0 <= value <= 1.0, (model, kind, metric, value)
     assert summary["attack"]["steps"] == 2 and summary["attack"]["eps_255"] > 0
     assert set(summary["claims"]) and all(isinstance(c["holds"], bool) for c in summary["claims"].values())
     table = (output / "summary.md").read_text()
-    for title, _ in demo.MODELS.values():
+    for title, _ in demo_stages.MODELS.values():
         assert title in table
     assert "PromptMIL (clean training)" in proc.stdout  # the table is printed too
     for name in ("roc.png", "scores.png", "srd_example.png"):
@@ -57,7 +57,7 @@ def test_summary_files_hold_finite_numbers_for_every_model(demo_run):
 def test_every_stage_wrote_its_outputs(demo_run):
     output, _, _ = demo_run
     seed = output / "seed0"
-    for model in demo.MODELS:
+    for model in demo_stages.MODELS:
         assert (seed / model / "checkpoints" / "best.safetensors").is_file()
         attack = json.loads((seed / f"attack_{model}" / "results.json").read_text())
         assert attack["checkpoint"].endswith(f"seed0/{model}/checkpoints/best.safetensors")
@@ -89,7 +89,7 @@ def test_pseudo_label_agreement_counts_segments(tmp_path):
     labels.write_text(json.dumps({
         "a": {"num_frames": 30, "frame_inds": [[0, 5], [10, 15], [20, 25]], "labels": [0, 0, 1]},
         "b": {"num_frames": 30, "frame_inds": [[0, 5]], "labels": [1]}}))  # normal videos are not counted
-    result = demo.pseudo_label_agreement(labels, tmp_path)
+    result = demo_summary.pseudo_label_agreement(labels, tmp_path)
     assert result["segments"] == 3
     assert result["accuracy"] == pytest.approx(1 / 3)
     assert result["recall"] == 0.0 and result["precision"] == 0.0
@@ -99,17 +99,17 @@ def test_progress_line_reads_the_latest_bar(tmp_path):
     log = tmp_path / "x.log"
     log.write_bytes(b"\x1b[32m[2026 FrameShield]\x1b[0m(engine.py 1): INFO hello\n"
                     b"train 1/4:  10%|#   | 1/10\rtrain 1/4:  20%|##  | 2/10\r")
-    assert demo.last_progress(log).startswith("train 1/4: 20%|##")
-    assert demo.last_progress(tmp_path / "missing.log") == ""
+    assert demo_stages.last_progress(log).startswith("train 1/4: 20%|##")
+    assert demo_stages.last_progress(tmp_path / "missing.log") == ""
 
 
 def test_claims_follow_the_means():
     def stats(clean, adv):
         return {"clean_auc_all": {"mean": clean}, "adversarial_auc_all": {"mean": adv}}
 
-    claims = demo.check_claims({"baseline": stats(0.9, 0.5), "frameshield": stats(0.88, 0.75)})
+    claims = demo_summary.check_claims({"baseline": stats(0.9, 0.5), "frameshield": stats(0.88, 0.75)})
     assert [c["holds"] for c in claims.values()] == [True, True, True, True]
-    claims = demo.check_claims({"baseline": stats(0.8, 0.6), "frameshield": stats(0.7, 0.65)})
+    claims = demo_summary.check_claims({"baseline": stats(0.8, 0.6), "frameshield": stats(0.7, 0.65)})
     assert [c["holds"] for c in claims.values()] == [False, False, False, False]
     assert np.isclose(claims["PGD drops baseline AUC@all by >= 0.30"]["value"], 0.2)
 
@@ -118,22 +118,22 @@ def test_summary_markdown_lists_every_seed():
     models, per_seed = {}, {}
     for seed, (clean, adv) in enumerate([(0.9, 0.4), (0.8, 0.3)]):
         per_seed[str(seed)] = {m: {"clean_auc_all": clean - i / 100, "adversarial_auc_all": adv}
-                               for i, m in enumerate(demo.MODELS)}
-    for m, (title, _) in demo.MODELS.items():
-        models[m] = {"title": title, **{f"{k}_{n}": {"mean": 0.5, "std": 0.1} for k, n in demo.METRICS}}
+                               for i, m in enumerate(demo_stages.MODELS)}
+    for m, (title, _) in demo_stages.MODELS.items():
+        models[m] = {"title": title, **{f"{k}_{n}": {"mean": 0.5, "std": 0.1} for k, n in demo_stages.METRICS}}
     summary = {"models": models, "per_seed": per_seed, "claims": {},
                "attack": {"eps_255": 2.0, "steps": 10, "step_size_255": 0.5}}
-    text = demo.summary_markdown(summary, [0, 1], {"preset": "default", "wall_s": 1.0, "device": "cpu", "jobs": 1})
+    text = demo_summary.summary_markdown(summary, [0, 1], {"preset": "default", "wall_s": 1.0, "device": "cpu", "jobs": 1})
     assert "| seed 0 | seed 1 |" in text
-    assert f"| {demo.MODELS['frameshield'][0]} | 0.890 -> 0.400 | 0.790 -> 0.300 |" in text
-    one = demo.summary_markdown(summary, [0], {"preset": "default", "wall_s": 1.0, "device": "cpu", "jobs": 1})
+    assert f"| {demo_stages.MODELS['frameshield'][0]} | 0.890 -> 0.400 | 0.790 -> 0.300 |" in text
+    one = demo_summary.summary_markdown(summary, [0], {"preset": "default", "wall_s": 1.0, "device": "cpu", "jobs": 1})
     assert "Per seed" not in one
-    resumed = demo.summary_markdown(summary, [0], {"preset": "default", "wall_s": 3.0, "device": "cpu", "jobs": 1,
+    resumed = demo_summary.summary_markdown(summary, [0], {"preset": "default", "wall_s": 3.0, "device": "cpu", "jobs": 1,
                                                    "run_now": ["seed0/x"], "reused": ["seed0/baseline"]})
     assert "1 stage(s) were reused" in resumed and "reused" not in one
 
 
 def test_presets_default_to_their_own_output_folders():
-    assert demo.default_output("default") == "output/demo"
-    folders = {demo.default_output(p) for p in demo.PRESETS}
-    assert len(folders) == len(demo.PRESETS)
+    assert demo_stages.default_output("default") == "output/demo"
+    folders = {demo_stages.default_output(p) for p in demo_stages.DEMO_PRESETS}
+    assert len(folders) == len(demo_stages.DEMO_PRESETS)

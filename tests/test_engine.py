@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from training import engine
+from evaluation import scoring
+from evaluation.metrics import choose_threshold
+from training import engine, steps
 from utils.config import get_default_config
 from utils.errors import TrainingError
 from training.losses import advtrain_loss, promptmil_loss
@@ -80,14 +82,14 @@ def params(model):
 def run_epoch(model, batches, cfg, state=None, stop_after_steps=None):
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
     state = state or engine.TrainState()
-    steps = {"n": 0}
+    calls = {"n": 0}
 
     def stop():
-        steps["n"] += 1
-        return stop_after_steps is not None and steps["n"] >= stop_after_steps
+        calls["n"] += 1
+        return stop_after_steps is not None and calls["n"] >= stop_after_steps
 
     outcome = engine.train_one_epoch(model, ListLoader(batches), optimizer, None, torch.zeros(2, 77, dtype=torch.long),
-                                     cfg, state, engine.promptmil_step, _Logger(), stop_requested=stop)
+                                     cfg, state, steps.promptmil_step, _Logger(), stop_requested=stop)
     return outcome, state, optimizer
 
 
@@ -134,17 +136,17 @@ def test_stop_and_continue_equals_uninterrupted():
     full = ToyVideoModel()
     optimizer_full = torch.optim.AdamW(full.parameters(), lr=0.05)
     engine.train_one_epoch(full, ListLoader(batches), optimizer_full, None, None, cfg, engine.TrainState(),
-                           engine.promptmil_step, _Logger())
+                           steps.promptmil_step, _Logger())
 
     part = ToyVideoModel()
     optimizer = torch.optim.AdamW(part.parameters(), lr=0.05)
     state = engine.TrainState()
     outcome = engine.train_one_epoch(part, ListLoader(batches), optimizer, None, None, cfg, state,
-                                     engine.promptmil_step, _Logger(), stop_requested=lambda: True)
+                                     steps.promptmil_step, _Logger(), stop_requested=lambda: True)
     assert outcome == "stopped" and state.batch_in_epoch == 2 and state.step == 1 and state.epoch == 0
     assert not torch.equal(params(part), params(full))
     outcome = engine.train_one_epoch(part, ListLoader(batches), optimizer, None, None, cfg, state,
-                                     engine.promptmil_step, _Logger())
+                                     steps.promptmil_step, _Logger())
     assert outcome == "done" and state.step == 3 and state.epoch == 1 and state.batch_in_epoch == 0
     torch.testing.assert_close(params(part), params(full))
 
@@ -162,7 +164,7 @@ def test_gradient_clipping_bounds_the_update():
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     before = params(model)
     engine.train_one_epoch(model, ListLoader(batches), optimizer, None, None, make_cfg(**{"TRAIN.CLIP_GRAD": 1e-3}),
-                           engine.TrainState(), engine.promptmil_step, _Logger())
+                           engine.TrainState(), steps.promptmil_step, _Logger())
     assert (params(model) - before).norm() <= 1e-3 + 1e-7
 
 
@@ -172,7 +174,7 @@ def test_mil_detach_weight_key_reaches_the_stage1_loss(detach):
     cfg = make_cfg(**{"TRAIN.MIL_DETACH_WEIGHT": detach})
     batch = train_batch([1, 0], 11)
     model = ToyVideoModel()
-    loss, _ = engine.promptmil_step(model, batch, None, cfg, torch.device("cpu"), None)
+    loss, _ = steps.promptmil_step(model, batch, None, cfg, torch.device("cpu"), None)
     loss.backward()
     clips = batch["imgs"][:, 0].reshape(-1, T, 3, HW, HW)
     grads = {}
@@ -197,14 +199,14 @@ def test_clip_labels_precedence():
         "v5_3": VideoPseudoLabels(100, inds.numpy(), np.array([0, 0, 1])),
     }
     cfg = make_cfg(**{"ADV_TRAIN.PSEUDO_LABEL": True})
-    labels = engine.advtrain_clip_labels(batch, cfg, pseudo)
+    labels = steps.advtrain_clip_labels(batch, cfg, pseudo)
     assert labels.tolist() == [[0, 1, 1], [0, 0, 0], [1, 0, 1], [0, 0, 1]]
     # without pseudo labels every clip of an anomalous video is anomalous; pa_labels still win
-    labels = engine.advtrain_clip_labels(batch, make_cfg(), None)
+    labels = steps.advtrain_clip_labels(batch, make_cfg(), None)
     assert labels.tolist() == [[0, 1, 1], [0, 0, 0], [1, 1, 1], [1, 1, 1]]
     # SRD labels of a normal video are used even when pseudo labels exist for other videos
     with pytest.raises(TrainingError, match="v5_3"):
-        engine.advtrain_clip_labels(batch, cfg, {"v5_2": pseudo["v5_2"]})
+        steps.advtrain_clip_labels(batch, cfg, {"v5_2": pseudo["v5_2"]})
 
 
 @pytest.mark.parametrize("loss_type,detach", [("ce", False), ("mil", False), ("mil", True)])
@@ -218,7 +220,7 @@ def test_advtrain_step_trains_on_the_attacked_clips(loss_type, detach):
     for p in model.parameters():
         p.grad = torch.full_like(p, 123.0)  # stale gradients: must not survive the first micro-step
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    step = engine.make_advtrain_step(None)
+    step = steps.make_advtrain_step(None)
     loss, parts = step(model, batch, None, cfg, torch.device("cpu"), engine.MicroStep(True, True, optimizer))
     assert all(p.grad is None for p in model.parameters())
     assert model.training
@@ -247,7 +249,7 @@ def test_advtrain_step_keeps_accumulated_gradients_and_mixes_clean():
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    step = engine.make_advtrain_step(None)
+    step = steps.make_advtrain_step(None)
     loss, parts = step(model, batch, None, cfg, torch.device("cpu"), engine.MicroStep(False, True, optimizer))
     # not the first micro-step: the gradients of earlier micro-steps are kept, the attack added none
     assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
@@ -265,12 +267,15 @@ def test_segment_ground_truth_any_sampled_frame():
     records = [record("a", 40, [(10, 20)], 1), record("b", 40, [(0, 40)], 0)]
     batch = {"vid": torch.tensor([0, 0, 0, 1]),
              "frame_inds": torch.tensor([[0, 4, 8], [8, 12, 16], [20, 24, 28], [12, 14, 16]])}
-    assert engine.segment_ground_truth(batch, records, False).tolist() == [0, 1, 0, 0]
+    batch.update(imgs=torch.zeros(4, 3, 3, 1, 1), path=["a", "a", "a", "b"], seg_start=torch.tensor([0, 8, 20, 12]),
+                 seg_len=torch.tensor([8, 8, 8, 8]))
+    _, _, labels = next(scoring.loader_batches([batch], records))
+    assert labels.tolist() == [0, 1, 0, 0]
 
 
 def test_rows_dedupe_and_order():
-    rows = [("b", 8, 8, 0.2), ("a", 8, 8, 0.5), ("a", 0, 8, 0.1), ("a", 8, 8, 0.5)]
-    scores = engine.rows_to_scores(rows)
+    rows = {("b", 8, 8): 0.2, ("a", 8, 8): 0.5, ("a", 0, 8): 0.1}
+    scores = scoring.scores_by_video(rows)
     assert scores["a"]["starts"].tolist() == [0, 8]
     np.testing.assert_allclose(scores["a"]["scores"], [0.1, 0.5])
     assert scores["b"]["lengths"].tolist() == [8]
@@ -289,7 +294,7 @@ def test_evaluate_matches_metrics_on_the_same_scores():
                             "frame_inds": torch.tensor([[start, start + 4]])})
     model = ToyVideoModel(seed=1)
     cfg = make_cfg(**{"TEST.SMOOTH": False})
-    result = engine.evaluate(model, ListLoader(batches[::-1], records), None, cfg, _Logger())
+    result = scoring.evaluate(model, ListLoader(batches[::-1], records), None, cfg, _Logger())
     with torch.no_grad():
         expected = {p: [] for p in ("v/a", "v/b")}
         for b in batches:
@@ -303,12 +308,12 @@ def test_evaluate_matches_metrics_on_the_same_scores():
 def test_choose_threshold_by_hand():
     eval_result = {"per_video": {"a": {"scores": np.array([0.1, 0.4, 0.35, 0.8], np.float32),
                                        "labels": np.array([0, 0, 1, 1], np.uint8)}}}
-    chosen = engine.choose_threshold(eval_result)
+    chosen = choose_threshold(eval_result)
     assert chosen["f1"] == pytest.approx(0.35)  # predicts 0.35, 0.4, 0.8 anomalous: F1 = 0.8
     assert chosen["f1_value"] == pytest.approx(0.8)
     assert chosen["youden"] in (pytest.approx(0.8), pytest.approx(0.35))  # both give J = 0.5
     one_class = {"per_video": {"a": {"scores": np.array([0.1, 0.2]), "labels": np.array([0, 0])}}}
-    assert engine.choose_threshold(one_class)["f1"] is None
+    assert choose_threshold(one_class)["f1"] is None
 
 
 def test_rng_state_round_trip():
@@ -334,7 +339,7 @@ def _ddp_worker(rank, world, port, out_dir, batches, accum):
     mine = batches[rank::world]
     engine.train_one_epoch(model, ListLoader(mine), optimizer, None, None,
                            make_cfg(**{"TRAIN.ACCUMULATION_STEPS": accum}), engine.TrainState(),
-                           engine.promptmil_step, _Logger())
+                           steps.promptmil_step, _Logger())
     torch.save(params(dist.unwrap_model(model)), os.path.join(out_dir, f"rank{rank}.pt"))
     dist.cleanup()
 

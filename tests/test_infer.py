@@ -17,6 +17,8 @@ from torch import nn
 
 import infer
 from apps import inference
+from apps import intervals, thresholds
+from datasets import video_probe
 from tests.cfg_helpers import tiny_synthetic_cfg
 from utils.errors import CheckpointError, ConfigError, DataError
 
@@ -60,16 +62,16 @@ def demo(tmp_path_factory):
     from datasets.synthetic import VideoSpec, make_synthetic_dataset, render_video
     from models import xclip
     from training.checkpoint import save_checkpoint
-    from training.engine import segment_ground_truth
+    from evaluation.scoring import loader_batches
 
     root = tmp_path_factory.mktemp("infer")
     paths = make_synthetic_dataset(root / "data", preset="small")
     cfg = make_cfg(paths)
     loader = build_test_loader(cfg)
     videos, labels = [], []
-    for batch in loader:
-        videos.append(batch["imgs"])
-        labels.append(segment_ground_truth(batch, loader.dataset.records, False))
+    for _, imgs, segment_labels in loader_batches(loader, loader.dataset.records):
+        videos.append(imgs)
+        labels.append(segment_labels)
     videos, labels = torch.cat(videos), torch.cat(labels)
     torch.manual_seed(0)
     model, _, _ = xclip.load(None, "tiny", T=2)
@@ -91,7 +93,7 @@ def demo(tmp_path_factory):
     write_frames(root / "clip_frames", frames)
     # a threshold between the lowest and highest segment score of the video, so that the
     # detected intervals are neither empty nor the whole video
-    source = inference.open_source(root / "clip_frames", cfg.DATA.FILENAME_TMPL)
+    source = video_probe.open_source(root / "clip_frames", cfg.DATA.FILENAME_TMPL)
     scores = inference.score_video(model, tokens, source, cfg, show_progress=False).scores
     threshold = float((scores.min() + scores.max()) / 2)
     run = root / "run"
@@ -138,7 +140,7 @@ def test_command_on_mp4_and_frame_folder(demo, tmp_path):
         np.testing.assert_array_equal(np.array([float(r["score"]) for r in rows], dtype=np.float32), scores)
         # the evaluation's mapping of segment scores to frames
         np.testing.assert_array_equal(
-            scores, inference.frame_scores(result["segments"]["score"], NUM_FRAMES, smooth=False))
+            scores, intervals.frame_scores(result["segments"]["score"], NUM_FRAMES, smooth=False))
         # intervals: exactly the runs of frames scoring above the threshold
         above = np.zeros(NUM_FRAMES, bool)
         for interval in result["intervals"]:
@@ -176,21 +178,21 @@ def test_stored_threshold_default_and_smoothing(demo, tmp_path):
     assert code == 0
     assert "WARNING the checkpoint has no stored score threshold" in (out / "log_rank0.txt").read_text()
     result = json.loads((out / "clip_frames" / "scores.json").read_text())
-    assert result["threshold"] == inference.DEFAULT_THRESHOLD and "default" in result["threshold_source"]
+    assert result["threshold"] == thresholds.DEFAULT_THRESHOLD and "default" in result["threshold_source"]
     assert result["fps"] == 12 and result["fps_source"] == "--fps" and result["smooth"] is True
-    expected = inference.frame_scores(result["segments"]["score"], NUM_FRAMES, smooth=True)
+    expected = intervals.frame_scores(result["segments"]["score"], NUM_FRAMES, smooth=True)
     np.testing.assert_array_equal(np.array(result["frames"]["score"], np.float32), expected)
     assert len(np.unique(expected)) <= 32  # 32 windows of 3 frames
     assert result["annotation"]["intervals"] == [[36, 72]]
-    assert inference.read_stored_threshold(demo.weights)[0] == pytest.approx(demo.threshold)
+    assert thresholds.read_stored_threshold(demo.weights)[0] == pytest.approx(demo.threshold)
     # a 'last' checkpoint carries the training state's threshold dict instead
     from training.checkpoint import save_checkpoint
 
     last = save_checkpoint(str(tmp_path / "run"), "last", demo.model, None, None, 2, 60, 0.9, demo.cfg,
                            extra={"threshold": {"f1": 0.25, "youden": 0.5}})
-    value, source, origin = inference.resolve_threshold(None, last)
+    value, source, origin = thresholds.resolve_threshold(None, last)
     assert (value, origin) == (0.25, "checkpoint") and "extra.threshold.f1" in source
-    assert inference.resolve_threshold(0.7, last)[::2] == (0.7, "flag")
+    assert thresholds.resolve_threshold(0.7, last)[::2] == (0.7, "flag")
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -212,7 +214,7 @@ def test_chunked_streaming_equals_whole_video_and_the_evaluation(demo, tmp_path)
     from training.engine import evaluate
 
     cfg = demo.cfg
-    source = inference.open_source(demo.root / "clip_frames", cfg.DATA.FILENAME_TMPL)
+    source = video_probe.open_source(demo.root / "clip_frames", cfg.DATA.FILENAME_TMPL)
     # whole video in memory, every frame decoded at once
     everything = source.reader.read(list(range(NUM_FRAMES)))
     segments = video_segments(NUM_FRAMES, cfg.DATA.NUM_FRAMES, cfg.DATA.FRAME_INTERVAL)
@@ -265,46 +267,46 @@ def test_detect_intervals_merges_and_drops():
     scores[2:5] = 0.9   # 3 frames
     scores[7:17] = 0.8  # 10 frames, 2 frames after the first run
     scores[30:31] = 0.7  # 1 frame
-    found = inference.detect_intervals(scores, 0.5, fps=10)
+    found = intervals.detect_intervals(scores, 0.5, fps=10)
     assert [(i["start_frame"], i["end_frame"]) for i in found] == [(2, 5), (7, 17), (30, 31)]
     assert found[0]["start_s"] == 0.2 and found[0]["end_s"] == 0.5 and found[1]["peak_score"] == pytest.approx(0.8)
-    merged = inference.detect_intervals(scores, 0.5, fps=10, merge_gap=0.2)
+    merged = intervals.detect_intervals(scores, 0.5, fps=10, merge_gap=0.2)
     assert [(i["start_frame"], i["end_frame"]) for i in merged] == [(2, 17), (30, 31)]
-    kept = inference.detect_intervals(scores, 0.5, fps=10, merge_gap=0.2, min_duration=0.5)
+    kept = intervals.detect_intervals(scores, 0.5, fps=10, merge_gap=0.2, min_duration=0.5)
     assert [(i["start_frame"], i["end_frame"]) for i in kept] == [(2, 17)]
-    assert inference.detect_intervals(scores, 0.9, fps=10) == []  # strictly above
+    assert intervals.detect_intervals(scores, 0.9, fps=10) == []  # strictly above
     with pytest.raises(ConfigError):
-        inference.detect_intervals(scores, 0.5, fps=10, min_duration=-1)
+        intervals.detect_intervals(scores, 0.5, fps=10, min_duration=-1)
 
 
 def test_interval_text():
-    labels = inference.parse_interval_text("2-4, 6-8", 10)
+    labels = intervals.parse_interval_text("2-4, 6-8", 10)
     assert labels.tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 0, 0]
     for bad in ("4-2", "1-11", "a-b", "3"):
         with pytest.raises(ConfigError, match="--intervals"):
-            inference.parse_interval_text(bad, 10)
+            intervals.parse_interval_text(bad, 10)
 
 
 # ----------------------------------------------------------------------------- bad input
 def test_unreadable_and_empty_videos(demo, tmp_path):
     tmpl = demo.cfg.DATA.FILENAME_TMPL
     with pytest.raises(DataError, match="no such file"):
-        inference.open_source(tmp_path / "missing.mp4", tmpl)
+        video_probe.open_source(tmp_path / "missing.mp4", tmpl)
     (tmp_path / "empty.mp4").write_bytes(b"")
     with pytest.raises(DataError, match="empty"):
-        inference.open_source(tmp_path / "empty.mp4", tmpl)
+        video_probe.open_source(tmp_path / "empty.mp4", tmpl)
     (tmp_path / "junk.mp4").write_bytes(b"not a video" * 100)
     with pytest.raises(DataError, match="cannot read"):
-        inference.open_source(tmp_path / "junk.mp4", tmpl)
+        video_probe.open_source(tmp_path / "junk.mp4", tmpl)
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="not a frame folder"):
-        inference.open_source(tmp_path / "notes.txt", tmpl)
+        video_probe.open_source(tmp_path / "notes.txt", tmpl)
     (tmp_path / "no_frames").mkdir()
     with pytest.raises(DataError, match="zero frames"):
-        inference.open_source(tmp_path / "no_frames", tmpl)
+        video_probe.open_source(tmp_path / "no_frames", tmpl)
     one = tmp_path / "one_frame"
     write_frames(one, demo.frames[:1])
-    source = inference.open_source(one, tmpl)
+    source = video_probe.open_source(one, tmpl)
     assert source.num_frames == 1
     with pytest.raises(DataError, match="too short"):
         inference.score_video(demo.model, demo.tokens, source, demo.cfg, show_progress=False)
@@ -344,14 +346,14 @@ def test_command_errors(demo, tmp_path):
 def test_annotation_lookup(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("frames/a 10 1 2 4\nframes/clip 12 1 5 8\nclip.mp4 10 1 1 3\n")
-    exact = inference.annotation_labels(listing, tmp_path / "clip.mp4", 10)
+    exact = intervals.annotation_labels(listing, tmp_path / "clip.mp4", 10)
     assert exact.tolist() == [0, 1, 1] + [0] * 7
-    by_stem = inference.annotation_labels(listing, tmp_path / "a.avi", 10)
+    by_stem = intervals.annotation_labels(listing, tmp_path / "a.avi", 10)
     assert by_stem.tolist() == [0, 0, 1, 1] + [0] * 6
     # the list says 12 frames, the video has 10: cut (and padded the other way), with a warning
-    cut = inference.annotation_labels(listing, tmp_path / "clip", 10)
+    cut = intervals.annotation_labels(listing, tmp_path / "clip", 10)
     assert cut.tolist() == [0] * 5 + [1] * 3 + [0] * 2
-    assert inference.annotation_labels(listing, tmp_path / "other.mp4", 10) is None
+    assert intervals.annotation_labels(listing, tmp_path / "other.mp4", 10) is None
 
 
 def test_runner_script(demo, tmp_path):
@@ -375,7 +377,7 @@ def test_runner_script(demo, tmp_path):
        st.sampled_from([0.0, 0.1, 0.3]), st.sampled_from([0.0, 0.2, 0.5]))
 def test_intervals_properties(scores, threshold, merge_gap, min_duration):
     scores = np.array(scores, np.float32)
-    found = inference.detect_intervals(scores, threshold, fps=10, min_duration=min_duration, merge_gap=merge_gap)
+    found = intervals.detect_intervals(scores, threshold, fps=10, min_duration=min_duration, merge_gap=merge_gap)
     above = scores > threshold
     covered = np.zeros(len(scores), bool)
     previous_end = None

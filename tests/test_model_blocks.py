@@ -100,12 +100,12 @@ def test_xclip_vitb32_preset_has_published_layout():
 
 def test_xclip_vitb16_preset_has_k400_16_8_layout():
     with torch.device("meta"):
-        model = xclip.build_model(None, xclip.PRESETS["ViT-B/16"], T=8)
+        model = xclip.build_model(None, xclip.ARCH_PRESETS["ViT-B/16"], T=8)
     assert _shapes(model) == _manifest("xclip_vitb16_T8_keys.json")
 
 
 def test_clip_vitb32_layout():
-    arch = dict(xclip.PRESETS["ViT-B/32"])
+    arch = dict(xclip.ARCH_PRESETS["ViT-B/32"])
     with torch.device("meta"):
         model = CLIP(arch["embed_dim"], arch["image_resolution"], arch["vision_layers"],
                      arch["vision_width"], arch["vision_patch_size"], arch["context_length"],
@@ -119,7 +119,7 @@ def test_clip_vitb32_layout():
 
 def test_vitl14_preset_dimensions():
     with torch.device("meta"):
-        model = xclip.build_model(None, xclip.PRESETS["ViT-L/14"], T=8)
+        model = xclip.build_model(None, xclip.ARCH_PRESETS["ViT-L/14"], T=8)
     sd = model.state_dict()
     assert sd["visual.conv1.weight"].shape == (1024, 3, 14, 14)
     assert sd["text_projection"].shape == (768, 768)

@@ -33,7 +33,7 @@ def logits(model, seed=1):
 
 def tiny_clip():
     torch.manual_seed(5)
-    arch = xclip.PRESETS["tiny"]
+    arch = xclip.ARCH_PRESETS["tiny"]
     return CLIP(arch["embed_dim"], arch["image_resolution"], arch["vision_layers"],
                 arch["vision_width"], arch["vision_patch_size"], arch["context_length"],
                 arch["vocab_size"], arch["transformer_width"], 1,
@@ -149,7 +149,7 @@ def test_allowed_missing_keys(tmp_path):
 
 def test_depths_are_inferred_from_keys(tmp_path):
     torch.manual_seed(0)
-    model = xclip.build_model(None, xclip.PRESETS["tiny"], T=T, mit_layers=2,
+    model = xclip.build_model(None, xclip.ARCH_PRESETS["tiny"], T=T, mit_layers=2,
                               prompts_layers=1)
     torch.save(model.state_dict(), tmp_path / "deep.pt")
     loaded = xclip.load(tmp_path / "deep.pt", T=T, mit_layers=1, prompts_layers=2)[0]

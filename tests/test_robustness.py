@@ -10,10 +10,14 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
+from attacks.common import make_forward, margin_objective
+from attacks.registry import AttackSetting, run_attack
 from evaluation import robustness as rb
-from attacks import strong as sa
+from evaluation.report import write_robustness_report
+from evaluation.sanity import input_gradient_stats, sanity_checks
+from evaluation.scoring import loader_batches, records_metrics_fn, score_batches
 from tests.cfg_helpers import tiny_synthetic_cfg
-from utils.config import build_arg_parser
+from utils.config import apply_flags, build_arg_parser
 from utils.errors import ConfigError
 
 
@@ -33,7 +37,7 @@ def demo(tmp_path_factory):
     paths = make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), preset="small")
     cfg = make_cfg(paths)
     loader = build_test_loader(cfg)
-    batches = list(rb.loader_batches(loader, loader.dataset.records))
+    batches = list(loader_batches(loader, loader.dataset.records))
     videos = torch.cat([b[1] for b in batches])
     labels = torch.cat([b[2] for b in batches])
     torch.manual_seed(0)
@@ -49,14 +53,20 @@ def demo(tmp_path_factory):
         loss.backward()
         optimizer.step()
     model.eval()
-    metrics_fn = rb.records_metrics_fn(loader.dataset.records)
+    metrics_fn = records_metrics_fn(loader.dataset.records)
     return SimpleNamespace(paths=paths, cfg=cfg, loader=loader, batches=batches, videos=videos, labels=labels,
                            model=model, tokens=tokens, metrics_fn=metrics_fn)
 
 
-def parse(*flags):
+def parse(cfg, *flags):
+    """``cfg`` with main_attack.py's robustness flags applied, as get_config applies them."""
     parser = rb.add_robustness_args(build_arg_parser("test"))
-    return parser.parse_args(["-cfg", "unused.yaml", *flags])
+    args = parser.parse_args(["-cfg", "unused.yaml", *flags])
+    out = cfg.clone()
+    out.defrost()
+    apply_flags(out, args, args.config_flags)
+    out.freeze()
+    return out
 
 
 # ----------------------------------------------------------------------------- the tiny trained model
@@ -65,7 +75,7 @@ def test_segment_labels_follow_the_sampled_frames(demo):
 
     records = demo.loader.dataset.records
     for batch in demo.loader:
-        _, _, labels = next(rb.loader_batches([batch], records))
+        _, _, labels = next(loader_batches([batch], records))
         for i, vid in enumerate(batch["vid"].tolist()):
             truth = frame_labels(records[vid])
             assert labels[i] == int(truth[batch["frame_inds"][i].numpy()].any())
@@ -74,22 +84,22 @@ def test_segment_labels_follow_the_sampled_frames(demo):
 
 def test_apgd_at_least_as_strong_as_pgd10(demo):
     eps = 8 / 255
-    settings = [rb.AttackSetting("pgd", eps, 10), rb.AttackSetting("apgd-ce", eps, 10),
-                rb.AttackSetting("apgd-margin", eps, 10)]
-    result = rb.attack_batches(demo.model, demo.batches, demo.tokens, settings)
+    settings = [AttackSetting("pgd", eps, 10), AttackSetting("apgd-ce", eps, 10),
+                AttackSetting("apgd-margin", eps, 10)]
+    result = score_batches(demo.model, demo.batches, demo.tokens, settings)
     clean, rows = rb.metrics_of_settings(result, settings, demo.metrics_fn)
     pgd_row = rows[0]
     assert clean["auc_all"] > 0.6  # the detector works before the attack
     assert pgd_row["auc_all"] < clean["auc_all"]
-    forward = sa.make_forward(demo.model, demo.tokens)
+    forward = make_forward(demo.model, demo.tokens)
     for row in rows[1:]:
         assert row["auc_all"] <= pgd_row["auc_all"] + 1e-9, row["key"]
         if row["auc_all"] == pgd_row["auc_all"]:  # a tie in AUC: compare the objective
-            adv_pgd = rb.run_attack("pgd", demo.model, demo.videos, demo.tokens, demo.labels, eps, 10)
-            adv = rb.run_attack(row["attack"], demo.model, demo.videos, demo.tokens, demo.labels, eps, 10)
+            adv_pgd = run_attack("pgd", demo.model, demo.videos, demo.tokens, demo.labels, eps, 10)
+            adv = run_attack(row["attack"], demo.model, demo.videos, demo.tokens, demo.labels, eps, 10)
             with torch.no_grad():
-                ours = sa.margin_objective(forward(adv), demo.labels).sum()
-                theirs = sa.margin_objective(forward(adv_pgd), demo.labels).sum()
+                ours = margin_objective(forward(adv), demo.labels).sum()
+                theirs = margin_objective(forward(adv_pgd), demo.labels).sum()
             assert ours >= theirs - 1e-4
 
 
@@ -136,13 +146,13 @@ def toy_checks(quantise):
     with torch.no_grad():
         clean = model(videos, None)["y"][:, 1]
     labels = (clean > clean.median()).long()  # clean AUC = 1
-    settings = [rb.AttackSetting("pgd", 4 / 255, 10), rb.AttackSetting("pgd", 16 / 255, 10),
-                rb.AttackSetting("pgd", 16 / 255, 20), rb.AttackSetting("square", 16 / 255, 150, 1, True)]
-    result = rb.attack_batches(model, [(list(range(24)), videos, labels)], None, settings,
+    settings = [AttackSetting("pgd", 4 / 255, 10), AttackSetting("pgd", 16 / 255, 10),
+                AttackSetting("pgd", 16 / 255, 20), AttackSetting("square", 16 / 255, 150, 1, True)]
+    result = score_batches(model, [(list(range(24)), videos, labels)], None, settings,
                                generator=torch.Generator().manual_seed(0))
     clean_row, rows = rb.metrics_of_settings(result, settings, clip_metrics(labels))
-    gradients = sa.input_gradient_stats(model, videos, None, labels)
-    return {c["check"]: c["passed"] for c in rb.sanity_checks(clean_row, rows, gradients)}, clean_row, rows
+    gradients = input_gradient_stats(model, videos, None, labels)
+    return {c["check"]: c["passed"] for c in sanity_checks(clean_row, rows, gradients)}, clean_row, rows
 
 
 def test_sanity_checks_pass_on_a_healthy_model():
@@ -168,14 +178,14 @@ def test_monotonicity_check_flags_a_rising_curve():
              "auc_all": 0.8, "auc_ano": 0.7, "ap": 0.5}
     rows = [{"attack": "pgd", "eps": e / 255, "eps_255": e, "steps": 10, "restarts": 1, "key": f"pgd{e}",
              "auc_all": a, "auc_ano": 0.5, "ap": 0.3} for e, a in ((1, 0.6), (2, 0.7))]
-    checks = rb.sanity_checks(clean, rows)
+    checks = sanity_checks(clean, rows)
     assert [c["passed"] for c in checks if c["check"] == "monotone-eps"] == [False]
     assert next(c for c in checks if c["check"] == "large-eps-chance")["passed"] is None
 
 
 # ----------------------------------------------------------------------------- flags, planning, driver, report
 def test_plan_settings_from_flags(demo):
-    settings, plan = rb.plan_settings(demo.cfg, parse("--report", "--strong-steps", "7", "--square-queries", "9"))
+    settings, plan = rb.plan_settings(parse(demo.cfg, "--report", "--strong-steps", "7", "--square-queries", "9"))
     keys = [s.key for s in settings]
     assert len(keys) == len(set(keys))
     assert plan["main"] == "pgd(eps=2/255,steps=10,R=1)"  # ADV_TRAIN.EPS 2 when ATTACK.EPS < 0
@@ -184,20 +194,25 @@ def test_plan_settings_from_flags(demo):
     assert any(s.attack == "square" and s.steps == 9 for s in settings)
     assert plan["sweep_eps"]["eps"] == pytest.approx([e / 255 for e in rb.DEFAULT_SWEEP_EPS])
     assert plan["sweep_steps"]["steps"] == list(rb.DEFAULT_SWEEP_STEPS)
-    _, plan = rb.plan_settings(demo.cfg, parse("--sweep-eps", "1", "0", "4", "--sweep-attack", "apgd-ce"))
+    _, plan = rb.plan_settings(parse(demo.cfg, "--sweep-eps", "1", "0", "4", "--sweep-attack", "apgd-ce"))
     assert plan["sweep_eps"]["eps"] == pytest.approx([0, 1 / 255, 4 / 255]) and plan["sweep_attack"] == "apgd-ce"
     assert "sweep_steps" not in plan
     with pytest.raises(ConfigError, match="transfer-from"):
-        rb.plan_settings(demo.cfg, parse("--attack", "transfer"))
-    with pytest.raises(ConfigError):
-        rb.plan_settings(demo.cfg, parse("--restarts", "0"))
-    settings, plan = rb.plan_settings(demo.cfg, parse("--report", "--restarts", "3", "--sweep-eps", "1", "2"))
+        rb.plan_settings(parse(demo.cfg, "--attack", "transfer"))
+    with pytest.raises(ConfigError, match="ROBUSTNESS.RESTARTS"):
+        rb.plan_settings(parse(demo.cfg, "--restarts", "-1"))
+    settings, plan = rb.plan_settings(parse(demo.cfg, "--report", "--restarts", "3", "--sweep-eps", "1", "2"))
     assert {s.restarts for s in settings if s.attack == "pgd" and s.eps < 2 / 255} == {3}  # sweep rows
     assert any(s.attack == "pgd" and s.restarts == 1 and s.steps == 10 for s in settings)  # the published one
-    settings, _ = rb.plan_settings(demo.cfg, parse("--sweep-attack", "square", "--sweep-steps", "5", "50"))
+    settings, _ = rb.plan_settings(parse(demo.cfg, "--sweep-attack", "square", "--sweep-steps", "5", "50"))
     assert sorted(s.steps for s in settings if s.attack == "square") == [5, 50]
-    assert not rb.robustness_requested(parse())
-    assert rb.robustness_requested(parse("--sweep-steps"))
+    assert not rb.robustness_requested(parse(demo.cfg))
+    swept = parse(demo.cfg, "--sweep-steps")
+    assert rb.robustness_requested(swept) and list(swept.ROBUSTNESS.SWEEP_STEPS) == list(rb.DEFAULT_SWEEP_STEPS)
+    square = [s for s in rb.plan_settings(parse(demo.cfg, "--report", "--square-p-init", "0.3"))[0]
+              if s.attack == "square"]
+    assert square[0].p_init == 0.3 and "p=0.3" in square[0].key
+    assert [s for s in rb.plan_settings(parse(demo.cfg, "--report"))[0] if s.attack == "square"][0].p_init == 0.8
 
 
 def test_parse_report_models():
@@ -212,9 +227,9 @@ def test_parse_report_models():
 
 def test_evaluate_robustness_and_report(demo, tmp_path):
     cfg = make_cfg(demo.paths, **{"ATTACK.STEPS": 2, "ATTACK.EPS": 4.0})
-    args = parse("--attack", "apgd-ce", "--report", "--strong-steps", "2", "--square-queries", "5",
-                 "--sweep-eps", "0", "1", "4", "--sweep-steps", "1", "2")
-    result = rb.evaluate_robustness(demo.model, demo.loader, demo.tokens, cfg, args)
+    cfg = parse(cfg, "--attack", "apgd-ce", "--report", "--strong-steps", "2", "--square-queries", "5",
+                "--sweep-eps", "0", "1", "4", "--sweep-steps", "1", "2")
+    result = rb.evaluate_robustness(demo.model, demo.loader, demo.tokens, cfg)
     assert result["segments"] == len(demo.videos) and result["segments_per_s"] > 0
     assert result["main"]["attack"] == "apgd-ce" and result["main"]["eps_255"] == pytest.approx(4)
     assert result["sweeps"]["eps"]["eps_255"] == pytest.approx([0, 1, 4])
@@ -224,7 +239,7 @@ def test_evaluate_robustness_and_report(demo, tmp_path):
                                                        "gradient-free-weaker", "input-gradients"}
     assert result["gradients"]["zero_clips"] == 0
     assert set(result["videos"]["adversarial"]) == {r.path for r in demo.loader.dataset.records}
-    paths = rb.write_robustness_report(tmp_path, {"baseline": result, "frameshield": result})
+    paths = write_robustness_report(tmp_path, {"baseline": result, "frameshield": result})
     report = (tmp_path / "robustness.md").read_text()
     assert "baseline AUC@all" in report and "frameshield AUC@all" in report and "## Sanity checks" in report
     assert "plots/robustness_eps.png" in report
@@ -237,7 +252,8 @@ def test_evaluate_robustness_and_report(demo, tmp_path):
 
 
 def test_run_robustness_with_models_and_transfer(demo, tmp_path):
-    cfg = make_cfg(demo.paths, **{"ATTACK.STEPS": 1})
+    cfg = parse(make_cfg(demo.paths, **{"ATTACK.STEPS": 1}), "--attack", "transfer", "--transfer-from",
+                "src.safetensors", "--report-models", "base=b.safetensors", "fs=f.safetensors")
     stage = SimpleNamespace(cfg=cfg, logger=rb.logger, output=tmp_path, is_main=True)
     built = []
 
@@ -245,9 +261,7 @@ def test_run_robustness_with_models_and_transfer(demo, tmp_path):
         built.append(path)
         return demo.model
 
-    args = parse("--attack", "transfer", "--transfer-from", "src.safetensors",
-                 "--report-models", "base=b.safetensors", "fs=f.safetensors")
-    results = rb.run_robustness(stage, args, demo.loader, demo.tokens, build_model, weights="w.safetensors")
+    results = rb.run_robustness(stage, demo.loader, demo.tokens, build_model, weights="w.safetensors")
     assert built == ["src.safetensors", "b.safetensors", "f.safetensors"]
     assert list(results) == ["base", "fs"] and results["fs"]["checkpoint"] == "f.safetensors"
     # crafted on the same weights, the transfer attack is the white-box PGD

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import main as promptmil_main
 import main_advtrain
 import main_attack
-from training import engine
+from training import engine, steps
 from utils import signals
 from utils.errors import ConfigError
 from training.stage import read_scores
@@ -87,14 +87,14 @@ def test_pseudo_labels_then_adversarial_training(stage1, data_opts, tmp_path, mo
 
     # make sure SRD runs and both label sources show up in the clip labels the step uses
     seen = []
-    original = engine.advtrain_clip_labels
+    original = steps.advtrain_clip_labels
 
     def spy(batch, cfg, pseudo=None):
         out = original(batch, cfg, pseudo)
         seen.append((batch, out))
         return out
 
-    monkeypatch.setattr(engine, "advtrain_clip_labels", spy)
+    monkeypatch.setattr(steps, "advtrain_clip_labels", spy)
     run(main_advtrain, CI_ADV, tmp_path, data_opts, "--pretrained", best, opts=srd_always)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["stage"] == "advtrain" and results["epochs"] == 1
@@ -140,7 +140,7 @@ def test_resume_after_stop_equals_uninterrupted(data_opts, tmp_path, monkeypatch
     run(promptmil_main, CI, tmp_path / "full", data_opts, opts=opts)
 
     calls = {"n": 0}
-    original = engine.promptmil_step
+    original = steps.promptmil_step
 
     def stop_after_four(*args):
         calls["n"] += 1
@@ -148,12 +148,12 @@ def test_resume_after_stop_equals_uninterrupted(data_opts, tmp_path, monkeypatch
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args)
 
-    monkeypatch.setattr(engine, "promptmil_step", stop_after_four)
+    monkeypatch.setattr(steps, "promptmil_step", stop_after_four)
     try:
         run(promptmil_main, CI, tmp_path / "stopped", data_opts, opts=opts)
     finally:
         signals.reset_stop()
-    monkeypatch.setattr(engine, "promptmil_step", original)
+    monkeypatch.setattr(steps, "promptmil_step", original)
     state = torch.load(tmp_path / "stopped" / "checkpoints" / "last.state.pt", weights_only=True)
     assert (state["epoch"], state["step"], state["extra"]["batch_in_epoch"]) == (0, 2, 4)
     assert not (tmp_path / "stopped" / "results.json").exists()

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from tests.toy_models import ToyVideoModel, random_videos, text_tokens
-from attacks import pgd as attacks
-from evaluation import robustness as rb
-from attacks import strong as sa
+from attacks import apgd as apgd_module, common, pgd as attacks, registry as rb, square as square_module
+from attacks.apgd import apgd_checkpoints
+from evaluation.sanity import input_gradient_stats
 from utils.errors import ConfigError
 
 EPS = 8 / 255
@@ -39,7 +39,7 @@ def setup():
 def margins(model, videos, labels):
     model.eval()
     with torch.no_grad():
-        return sa.margin_objective(model(videos, text_tokens())["y"], labels)
+        return common.margin_objective(model(videos, text_tokens())["y"], labels)
 
 
 @pytest.mark.parametrize("name", sorted(rb.ATTACKS))
@@ -68,7 +68,7 @@ def test_attacks_raise_the_objective(setup, name):
 def test_batched_pgd_equals_published_pgd(setup):
     model, videos, labels = setup
     published = attacks.pgd(model, videos, text_tokens(), labels, EPS, steps=6)
-    assert torch.equal(sa.pgd(model, videos, text_tokens(), labels, EPS, steps=6), published)
+    assert torch.equal(attacks.pgd(model, videos, text_tokens(), labels, EPS, steps=6), published)
 
 
 @pytest.mark.parametrize("name", ["pgd", "apgd-ce", "apgd-margin", "square"])
@@ -96,14 +96,14 @@ def test_no_parameter_gradients_and_mode_restored(setup, name):
 
 def test_apgd_checkpoints_follow_the_paper():
     # p: 0, .22, .41, .57, .70, .80, .87, .93, .99 (Croce & Hein 2020, sec. 3.2)
-    assert sa.apgd_checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
-    assert sa.apgd_checkpoints(10) == [0, 3, 5, 6, 7, 8, 9, 10]
+    assert apgd_checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(10) == [0, 3, 5, 6, 7, 8, 9, 10]
 
 
 def test_apgd_restarts_keep_the_best_run_per_clip(setup):
     model, videos, labels = setup
-    single = sa.apgd(model, videos, text_tokens(), labels, EPS, steps=4, loss="margin")
-    batched = sa.apgd(model, videos, text_tokens(), labels, EPS, steps=4, loss="margin", restarts=3,
+    single = apgd_module.apgd(model, videos, text_tokens(), labels, EPS, steps=4, loss="margin")
+    batched = apgd_module.apgd(model, videos, text_tokens(), labels, EPS, steps=4, loss="margin", restarts=3,
                       generator=torch.Generator().manual_seed(0))
     # restart 0 of the batched run starts at the clean clip like the single run; the others
     # can only improve a clip's objective
@@ -119,7 +119,7 @@ def test_apgd_returns_the_best_point_not_the_last():
             return {"y": torch.stack([torch.zeros_like(z), z], dim=1)}
     videos = torch.full((2, 2, 3, 4, 4), 0.5)
     labels = torch.zeros(2, dtype=torch.long)
-    adv = sa.apgd(Peak(), videos, None, labels, 0.1, steps=10, loss="margin")
+    adv = apgd_module.apgd(Peak(), videos, None, labels, 0.1, steps=10, loss="margin")
     assert (adv.mean() - 0.52).abs() < 0.02
 
 
@@ -129,17 +129,17 @@ def test_square_uses_no_gradient(setup):
     original = torch.autograd.grad
     try:
         torch.autograd.grad = lambda *a, **k: calls.append(1) or original(*a, **k)
-        sa.square(model, videos, text_tokens(), labels, EPS, steps=5, generator=torch.Generator().manual_seed(0))
+        square_module.square(model, videos, text_tokens(), labels, EPS, steps=5, generator=torch.Generator().manual_seed(0))
     finally:
         torch.autograd.grad = original
     assert calls == []
 
 
 def test_square_fraction_schedule():
-    assert sa.square_fraction(0, 10000, 0.05) == 0.05
-    assert sa.square_fraction(11, 10000, 0.05) == 0.025
-    assert sa.square_fraction(9000, 10000, 0.05) == pytest.approx(0.05 / 2 ** 9)
-    assert sa.square_fraction(2, 100, 0.8) == 0.2  # rescaled: 2/100 of the queries = 200/10000, 2 halvings
+    assert square_module.square_fraction(0, 10000, 0.05) == 0.05
+    assert square_module.square_fraction(11, 10000, 0.05) == 0.025
+    assert square_module.square_fraction(9000, 10000, 0.05) == pytest.approx(0.05 / 2 ** 9)
+    assert square_module.square_fraction(2, 100, 0.8) == 0.2  # rescaled: 2/100 of the queries = 200/10000, 2 halvings
 
 
 def test_text_features_reused_for_a_trainable_text_tower():
@@ -153,7 +153,7 @@ def test_text_features_reused_for_a_trainable_text_tower():
     videos = torch.rand(3, 2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     calls = []
     model.transformer.register_forward_hook(lambda *a: calls.append(1))
-    forward = sa.make_forward(model, tokens)
+    forward = common.make_forward(model, tokens)
     assert len(calls) == 1
     logits = forward(videos)
     forward(videos)
@@ -164,28 +164,28 @@ def test_text_features_reused_for_a_trainable_text_tower():
 
 def test_autocast_option_runs_and_stays_in_budget(setup):
     model, videos, labels = setup
-    adv = sa.apgd(model, videos, text_tokens(), labels, EPS, steps=2, amp_dtype=torch.bfloat16)
+    adv = apgd_module.apgd(model, videos, text_tokens(), labels, EPS, steps=2, amp_dtype=torch.bfloat16)
     assert (adv - videos).abs().max() <= EPS + 1e-6 and adv.dtype == videos.dtype
 
 
 def test_gradient_statistics_flag_a_masked_model(setup):
     model, videos, labels = setup
-    healthy = sa.input_gradient_stats(model, videos, text_tokens(), labels)
+    healthy = input_gradient_stats(model, videos, text_tokens(), labels)
     assert healthy["zero_clips"] == 0 and healthy["nonfinite_clips"] == 0 and healthy["mean_abs"] > 0
-    masked = sa.input_gradient_stats(RoundingModel(model), videos, text_tokens(), labels)
+    masked = input_gradient_stats(RoundingModel(model), videos, text_tokens(), labels)
     assert masked["zero_clips"] == len(videos)
 
 
 def test_bad_arguments_are_refused(setup):
     model, videos, labels = setup
     with pytest.raises(ConfigError):
-        sa.apgd(model, videos, text_tokens(), labels, -1.0)
+        apgd_module.apgd(model, videos, text_tokens(), labels, -1.0)
     with pytest.raises(ConfigError):
-        sa.pgd(model, videos, text_tokens(), labels, EPS, restarts=0)
+        attacks.pgd(model, videos, text_tokens(), labels, EPS, restarts=0)
     with pytest.raises(ConfigError):
-        sa.apgd(model, videos, text_tokens(), labels, EPS, loss="dlr")
+        apgd_module.apgd(model, videos, text_tokens(), labels, EPS, loss="dlr")
     with pytest.raises(ValueError):
-        sa.square(model, videos, text_tokens(), labels[:3], EPS)
+        square_module.square(model, videos, text_tokens(), labels[:3], EPS)
     with pytest.raises(ConfigError):
         rb.run_attack("transfer", model, videos, text_tokens(), labels, EPS, 2)
     with pytest.raises(ConfigError):

@@ -41,7 +41,7 @@ def test_lists_parse_and_agree_with_meta_and_disk(small):
     root = paths["root"]
     assert read_label_csv(paths["labels"]) == ["normal", "abnormal"]
     train, test = parse_list_file(paths["train_list"]), parse_list_file(paths["test_list"])
-    preset = synthetic.PRESETS["small"]
+    preset = synthetic.DATASET_PRESETS["small"]
     assert (len(train), len(test)) == (preset.num_train, preset.num_test)
     assert meta["counts"]["train"]["videos"] == len(train) and meta["counts"]["test"]["videos"] == len(test)
     for records in (train, test):

@@ -42,11 +42,6 @@ def checkpoint_dir(output_dir):
     return Path(output_dir) / "checkpoints"
 
 
-def periodic_tag(epoch):
-    """Tag of the periodic checkpoint taken after ``epoch``."""
-    return f"epoch_{epoch}"
-
-
 # ----------------------------------------------------------------------------- RNG states
 def capture_rng_state():
     """RNG states of python, numpy, torch CPU and the current CUDA device, as tensors/plain types."""

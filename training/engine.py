@@ -1,16 +1,14 @@
-"""The loops the three stages share: training epochs, evaluation, pseudo labels, attacks.
+"""The training loop both training stages share: epochs, accumulation, checkpoints, resume.
 
-Shapes: a training batch holds ``imgs [B, A, K, T, 3, H, W]`` (A views, K clips of T
-frames); the model sees ``[N, T, 3, H, W]`` with N = B*K (per view) and returns logits
-[N, C]; losses take them back as [B, K, C]. A test batch holds one segment per item,
-``imgs [B, T, 3, H, W]`` (or ``[B, crops, T, 3, H, W]``).
+:func:`fit` trains TRAIN.EPOCHS epochs with a stage's step function (training.steps),
+evaluates with evaluation.scoring.evaluate, keeps ``best`` / ``last`` checkpoints and
+continues an interrupted run exactly. Shapes of a batch: see training.steps.
 
 Distributed: the model passed to ``train_one_epoch`` may be wrapped in
 DistributedDataParallel; gradients are synchronised only on the last micro-step of an
 accumulation group (``no_sync`` on the others). Evaluation results are gathered from every
 rank and de-duplicated, so a sharded evaluation equals the single-process one.
 """
-import contextlib
 import itertools
 import signal
 import time
@@ -19,25 +17,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from evaluation.metrics import choose_threshold
+from evaluation.scoring import evaluate
 from utils import dist
 from utils.errors import TrainingError
 
 
 # ----------------------------------------------------------------------------- helpers
-def gather_rows(rows) -> list:
-    """The rows of every rank, concatenated in rank order."""
-    return [r for part in dist.all_gather_object(rows) for r in part]
-
-
 def unwrap(model):
     return dist.unwrap_model(model)
-
-
-def autocast(cfg, device):
-    """bf16 autocast on CUDA when TRAIN.AMP is 'bf16'; a no-op otherwise."""
-    if cfg.TRAIN.AMP == "bf16" and torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def model_device(model) -> torch.device:
@@ -88,107 +76,6 @@ class TrainState:
     history: list = field(default_factory=list)
     best: dict = field(default_factory=dict)
     threshold: dict = field(default_factory=dict)
-
-
-def view_clips(imgs, use_view2):
-    """Training clips of view 1 (and view 2) -> ([V*B*K, T, 3, H, W], V) in view-major order."""
-    b, a, k = imgs.shape[:3]
-    views = 2 if use_view2 and a > 1 else 1
-    clips = imgs[:, :views].transpose(0, 1).reshape(views * b * k, *imgs.shape[3:])
-    return clips, views
-
-
-def promptmil_step(model, batch, text_tokens, cfg, device, micro):
-    """Stage-1 loss of one batch: MIL + smoothness + sparsity (mean over the used views)."""
-    from training.losses import promptmil_loss
-
-    imgs = batch["imgs"].to(device, non_blocking=True)
-    labels = batch["label"].to(device)
-    b, k = imgs.shape[0], imgs.shape[2]
-    clips, views = view_clips(imgs, cfg.TRAIN.USE_VIEW2)
-    with autocast(cfg, device):
-        logits = model(clips, text_tokens)["y"]
-    logits = logits.float().reshape(views * b, k, -1)
-    loss, parts = promptmil_loss(logits, labels.repeat(views), cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE,
-                                 cfg.TRAIN.MIL_DETACH_WEIGHT)
-    return loss, parts
-
-
-def advtrain_clip_labels(batch, cfg, pseudo_labels=None) -> torch.Tensor:
-    """Clip labels [B, K] (long, 0/1) the adversarial training step attacks and trains on.
-
-    Per video: SRD-distorted normal video -> its ``pa_labels`` (they take precedence);
-    other normal video -> all 0; anomalous video -> its pseudo labels (ADV_TRAIN.PSEUDO_LABEL,
-    matched to the sampled clips by frame position) or, without them, 1 for every clip.
-    """
-    video_labels = batch["label"]
-    b, k = batch["frame_inds"].shape[:2]
-    labels = torch.zeros(b, k, dtype=torch.long)
-    pa = batch.get("pa_labels")
-    srd = batch.get("srd_applied")
-    for i in range(b):
-        if int(video_labels[i]) <= 0:
-            applied = bool(srd[i]) if srd is not None else (pa is not None and bool(pa[i].any()))
-            if applied and pa is not None:
-                labels[i] = (pa[i].cpu() > 0).long()
-        elif cfg.ADV_TRAIN.PSEUDO_LABEL:
-            path = batch["path"][i]
-            if pseudo_labels is None or path not in pseudo_labels:
-                raise TrainingError(f"no pseudo labels for anomalous training video {path!r}")
-            labels[i] = pseudo_labels[path].clip_labels(batch["frame_inds"][i].cpu())
-        else:
-            labels[i] = 1
-    return labels
-
-
-def train_attack_settings(cfg) -> dict:
-    """PGD settings for adversarial training: eps = ADV_TRAIN.EPS / 255; steps, step size
-    (STEP_SIZE < 0 = 2.5 * eps / steps), random start and restarts from the ATTACK section."""
-    eps = cfg.ADV_TRAIN.EPS / 255.0
-    step_size = cfg.ATTACK.STEP_SIZE / 255.0 if cfg.ATTACK.STEP_SIZE >= 0 else None
-    return {"eps": eps, "steps": int(cfg.ATTACK.STEPS), "step_size": step_size,
-            "random_start": bool(cfg.ATTACK.RANDOM_START), "restarts": int(cfg.ATTACK.RESTARTS)}
-
-
-def make_advtrain_step(pseudo_labels=None, attack_generator=None):
-    """The stage-2 step: craft PGD clips against the clip labels, then train on them.
-
-    ADV_TRAIN.LOSS 'ce' (per-clip CE + smoothness) or 'mil'; with ADV_TRAIN.CLEAN_WEIGHT w > 0
-    the loss is (1 - w) * adversarial + w * clean, both from one forward pass.
-    """
-    from attacks.pgd import pgd
-    from training.losses import advtrain_loss
-
-    def step(model, batch, text_tokens, cfg, device, micro):
-        imgs = batch["imgs"].to(device, non_blocking=True)
-        video_labels = batch["label"].to(device)
-        b, k = imgs.shape[0], imgs.shape[2]
-        clips, views = view_clips(imgs, cfg.TRAIN.USE_VIEW2)
-        clip_labels = advtrain_clip_labels(batch, cfg, pseudo_labels).to(device).repeat(views, 1)  # [V*B, K]
-        with autocast(cfg, device):
-            adv = pgd(unwrap(model), clips, text_tokens, clip_labels.reshape(-1), generator=attack_generator,
-                      **train_attack_settings(cfg))
-        if micro.first:
-            # the attack takes gradients w.r.t. the input only; clearing here (first micro-step
-            # of an accumulation group) also guarantees no attack gradient reaches the step
-            micro.optimizer.zero_grad(set_to_none=True)
-        model.train()
-        w = cfg.ADV_TRAIN.CLEAN_WEIGHT
-        inputs = torch.cat([adv, clips]) if w > 0 else adv
-        with autocast(cfg, device):
-            logits = model(inputs, text_tokens)["y"]
-        logits = logits.float().reshape(-1, k, logits.shape[-1])
-        vlabels = video_labels.repeat(views)
-        loss_args = (cfg.ADV_TRAIN.LOSS, cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE, cfg.TRAIN.MIL_DETACH_WEIGHT)
-        loss, parts = advtrain_loss(logits[: views * b], vlabels, clip_labels, *loss_args)
-        if w > 0:
-            clean_loss, _ = advtrain_loss(logits[views * b:], vlabels, clip_labels, *loss_args)
-            parts = {**parts, "adv": loss, "clean": clean_loss}
-            loss = (1 - w) * loss + w * clean_loss
-            parts["total"] = loss
-        return loss, parts
-
-    return step
 
 
 @dataclass
@@ -275,8 +162,8 @@ class _WorkerIgnoresSigterm:
     A launcher (torchrun) or scheduler signals whole process groups, data workers included;
     a worker that dies of it breaks the batch the rank is waiting for, and the rank crashes
     before it can save. Ignoring it leaves the shutdown to the rank (which stops at the next
-    optimizer step and closes its workers). Workaround kept here until datasets.build's own
-    worker_init_fn does it (see the stage engineer's report).
+    optimizer step and closes its workers). It lives here, not in datasets.build, because
+    only the training loop installs the stop handler that makes that shutdown happen.
     """
 
     def __init__(self, inner):
@@ -340,179 +227,6 @@ def _scheduler_step(scheduler, step):
         scheduler.step_update(step)
     else:
         scheduler.step()
-
-
-# ----------------------------------------------------------------------------- evaluation
-def segment_probabilities(model, imgs, text_tokens, cfg, device):
-    """Class probabilities [B, C] of test items [B, T, 3, H, W] or [B, crops, T, 3, H, W]
-    (the mean over crops): how every evaluation, attack and inference scores a segment."""
-    crops = imgs.shape[1] if imgs.dim() == 6 else 1
-    flat = imgs.reshape(-1, *imgs.shape[-4:])
-    with autocast(cfg, device):
-        logits = model(flat, text_tokens)["y"]
-    return logits.float().softmax(dim=-1).reshape(imgs.shape[0], crops, -1).mean(dim=1)
-
-
-def _rows_to_videos(rows):
-    """Gathered rows (path, seg_start, seg_len, values...) -> {path: rows sorted by start}.
-
-    Duplicates (a distributed sampler pads the last shard with repeated items) are dropped.
-    """
-    videos = {}
-    for row in rows:
-        videos.setdefault(row[0], {})[row[1]] = row
-    return {path: [segs[s] for s in sorted(segs)] for path, segs in videos.items()}
-
-
-@torch.no_grad()
-def evaluate(model, loader, text_tokens, cfg, logger, desc="test"):
-    """Score every test segment; metrics from evaluation.metrics on rank-gathered scores.
-
-    Returns ``{"metrics": {auc_all, auc_ano, ap, ...}, "videos": {path: {"starts",
-    "lengths", "scores"}}, "eval": <evaluation.metrics.evaluate_scores result>, "segments_per_s"}``.
-    """
-    device = model_device(model)
-    net = unwrap(model)
-    was_training = net.training
-    net.eval()
-    rows, started = [], time.time()
-    for batch in progress(loader, desc=desc):
-        probs = segment_probabilities(net, batch["imgs"].to(device, non_blocking=True), text_tokens, cfg, device)
-        for i in range(probs.shape[0]):
-            rows.append((batch["path"][i], int(batch["seg_start"][i]), int(batch["seg_len"][i]),
-                         float(probs[i, 1])))
-    net.train(was_training)
-    elapsed = time.time() - started
-    all_rows = gather_rows(rows)
-    videos = rows_to_scores(all_rows)
-    metrics, result = score_metrics(videos, loader.dataset.records, cfg)
-    logger.info(f"{desc}: AUC@all {metrics['auc_all']:.4f} AUC@ano {metrics['auc_ano']:.4f} "
-                f"AP {metrics['ap']:.4f} ({metrics['num_videos']} videos, {len(all_rows)} segments)")
-    return {"metrics": metrics, "videos": videos, "eval": result,
-            "segments_per_s": sum(len(v["scores"]) for v in videos.values()) / max(elapsed, 1e-9)}
-
-
-def score_metrics(videos, records, cfg):
-    """(metrics {auc_all, auc_ano, ap, num_videos, num_frames}, full evaluate_scores result)."""
-    from evaluation.metrics import evaluate_scores
-
-    result = evaluate_scores({p: v["scores"] for p, v in videos.items()}, records,
-                             count_start_zero=cfg.DATA.COUNT_START_ZERO, smooth=cfg.TEST.SMOOTH)
-    return {k: result[k] for k in ("auc_all", "auc_ano", "ap", "num_videos", "num_frames")}, result
-
-
-def choose_threshold(eval_result) -> dict:
-    """Score thresholds chosen on the evaluated frames (smoothed frame scores of the list).
-
-    ``f1``: the threshold maximising F1 of "frame is anomalous" (the one stored as
-    ``score_threshold``); ``youden``: the one maximising TPR - FPR. None when undefined.
-    """
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
-    per_video = eval_result["per_video"]
-    if not per_video:
-        return {"f1": None, "youden": None, "rule": "max F1 over evaluated frames"}
-    scores = np.concatenate([v["scores"] for v in per_video.values()])
-    labels = np.concatenate([v["labels"] for v in per_video.values()])
-    if labels.min() == labels.max():
-        return {"f1": None, "youden": None, "rule": "max F1 over evaluated frames"}
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
-    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-    best_f1 = int(np.argmax(f1))
-    fpr, tpr, roc_thr = roc_curve(labels, scores)
-    finite = np.isfinite(roc_thr)
-    youden = float(roc_thr[finite][np.argmax((tpr - fpr)[finite])]) if finite.any() else None
-    return {"f1": float(thresholds[best_f1]), "f1_value": float(f1[best_f1]), "youden": youden,
-            "rule": "max F1 over evaluated (smoothed) frame scores"}
-
-
-@torch.no_grad()
-def generate_pseudo_labels(model, loader, text_tokens, cfg, logger):
-    """Argmax class of every segment of every training video -> {path: VideoPseudoLabels}.
-
-    ``loader``: the deterministic train-as-test loader (datasets.build.build_train_as_test_loader).
-    Gathered from all ranks; every rank returns the same dict.
-    """
-    from training.pseudo_labels import VideoPseudoLabels
-
-    device = model_device(model)
-    net = unwrap(model)
-    net.eval()
-    rows = []
-    for batch in progress(loader, desc="pseudo labels"):
-        probs = segment_probabilities(net, batch["imgs"].to(device, non_blocking=True), text_tokens, cfg, device)
-        classes = probs.argmax(dim=-1)
-        for i in range(probs.shape[0]):
-            rows.append((batch["path"][i], int(batch["seg_start"][i]), int(batch["seg_len"][i]),
-                         [int(f) for f in batch["frame_inds"][i]], int(classes[i])))
-    all_rows = gather_rows(rows)
-    frames = {r.path: r.num_frames for r in loader.dataset.records}
-    labels = {
-        path: VideoPseudoLabels(frames[path], np.array([r[3] for r in segs], dtype=np.int64),
-                                np.array([r[4] for r in segs], dtype=np.int64))
-        for path, segs in _rows_to_videos(all_rows).items()
-    }
-    positives = sum(int((v.labels > 0).sum()) for v in labels.values())
-    total = sum(len(v.labels) for v in labels.values())
-    logger.info(f"pseudo labels: {len(labels)} videos, {total} segments, {positives} labelled abnormal")
-    return labels
-
-
-def segment_ground_truth(batch, records, count_start_zero):
-    """Ground-truth label [B] (long) of test segments: 1 if any of its sampled frames is anomalous."""
-    from datasets.lists import frame_labels
-
-    out = torch.zeros(len(batch["vid"]), dtype=torch.long)
-    for i, vid in enumerate(batch["vid"].tolist()):
-        truth = frame_labels(records[vid], count_start_zero)
-        inds = batch["frame_inds"][i].reshape(-1).clamp(0, len(truth) - 1).numpy()
-        out[i] = int(truth[inds].any())
-    return out
-
-
-def evaluate_attack(model, loader, text_tokens, cfg, logger, attack_settings):
-    """Clean and PGD-attacked scores of every test segment (attacked with its true label).
-
-    Returns ``(clean_rows, adv_rows, seconds)`` gathered from all ranks; rows are
-    (path, seg_start, seg_len, P(abnormal)). ``attack_settings``: keyword arguments of
-    attacks.pgd.pgd (eps in [0,1] units).
-    """
-    from attacks.pgd import pgd_in_chunks
-
-    device = model_device(model)
-    net = unwrap(model)
-    net.eval()
-    records = loader.dataset.records
-    clean_rows, adv_rows, started = [], [], time.time()
-    bar = progress(loader, desc="attack")
-    for batch in bar:
-        imgs = batch["imgs"].to(device, non_blocking=True)
-        truth = segment_ground_truth(batch, records, cfg.DATA.COUNT_START_ZERO).to(device)
-        crops = imgs.shape[1] if imgs.dim() == 6 else 1
-        flat = imgs.reshape(-1, *imgs.shape[-4:])
-        with torch.no_grad():
-            clean = segment_probabilities(net, imgs, text_tokens, cfg, device)
-        with autocast(cfg, device):
-            adv = pgd_in_chunks(net, flat, text_tokens, truth.repeat_interleave(crops), cfg.ATTACK.BATCH_SIZE,
-                                **attack_settings)
-        with torch.no_grad():
-            attacked = segment_probabilities(net, adv.reshape(imgs.shape), text_tokens, cfg, device)
-        for i in range(imgs.shape[0]):
-            key = (batch["path"][i], int(batch["seg_start"][i]), int(batch["seg_len"][i]))
-            clean_rows.append((*key, float(clean[i, 1])))
-            adv_rows.append((*key, float(attacked[i, 1])))
-    seconds = time.time() - started
-    return gather_rows(clean_rows), gather_rows(adv_rows), seconds
-
-
-def rows_to_scores(rows) -> dict:
-    """Gathered rows -> {path: {"starts", "lengths", "scores"}} (segments in time order)."""
-    return {
-        path: {"starts": np.array([r[1] for r in segs], dtype=np.int64),
-               "lengths": np.array([r[2] for r in segs], dtype=np.int64),
-               "scores": np.array([r[3] for r in segs], dtype=np.float32)}
-        for path, segs in _rows_to_videos(rows).items()
-    }
 
 
 # ----------------------------------------------------------------------------- the epoch loop

@@ -135,3 +135,49 @@ def _parse_entry(path, key, value, list_frames) -> VideoPseudoLabels:
     if labels.min() < 0 or frame_inds.min() < 0:
         raise DataError(f"{where}: negative label or frame index; {REGENERATE_HINT}")
     return VideoPseudoLabels(int(list_frames), frame_inds, labels)
+
+
+@torch.no_grad()
+def generate_pseudo_labels(model, loader, text_tokens, cfg, logger):
+    """Argmax class of every segment of every training video -> {path: VideoPseudoLabels}.
+
+    ``loader``: the deterministic train-as-test loader (datasets.build.build_train_as_test_loader).
+    Gathered from all ranks; every rank returns the same dict.
+    """
+    from attacks.common import amp_dtype_from_config, eval_mode, make_forward
+    from evaluation.scoring import class_probabilities, model_device
+    from utils import dist
+    from utils.logger import progress
+
+    device = model_device(model)
+    net = dist.unwrap_model(model)
+    forward = make_forward(net, text_tokens, amp_dtype_from_config(cfg, device))
+    rows = []
+    with eval_mode(net):
+        for batch in progress(loader, desc="pseudo labels", rank=dist.get_rank()):
+            classes = class_probabilities(forward, batch["imgs"].to(device, non_blocking=True)).argmax(dim=-1)
+            for i in range(classes.shape[0]):
+                rows.append((batch["path"][i], int(batch["seg_start"][i]), int(batch["seg_len"][i]),
+                             [int(f) for f in batch["frame_inds"][i]], int(classes[i])))
+    all_rows = [r for part in dist.all_gather_object(rows) for r in part]
+    frames = {r.path: r.num_frames for r in loader.dataset.records}
+    labels = {
+        path: VideoPseudoLabels(frames[path], np.array([r[3] for r in segs], dtype=np.int64),
+                                np.array([r[4] for r in segs], dtype=np.int64))
+        for path, segs in _rows_by_video(all_rows).items()
+    }
+    positives = sum(int((v.labels > 0).sum()) for v in labels.values())
+    total = sum(len(v.labels) for v in labels.values())
+    logger.info(f"pseudo labels: {len(labels)} videos, {total} segments, {positives} labelled abnormal")
+    return labels
+
+
+
+
+def _rows_by_video(rows):
+    """Gathered rows (path, seg_start, ...) -> {path: rows sorted by start}; the duplicates a
+    distributed sampler pads the last shard with are dropped."""
+    videos = {}
+    for row in rows:
+        videos.setdefault(row[0], {})[row[1]] = row
+    return {path: [segs[s] for s in sorted(segs)] for path, segs in videos.items()}

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from utils.config import config_to_yaml, get_config, save_config
-from utils.errors import ConfigError
+from utils.errors import CheckpointError, ConfigError
 from utils.io import atomic_path, atomic_write_json
 
 # Keys that say how a run is executed, not what it computes; they may differ between the
@@ -142,45 +142,59 @@ def build_model(stage: Stage, weights=None):
 
     Returns the model on the stage's device in train mode (not yet wrapped in DDP).
     """
-    cfg = stage.cfg
-    path = weights if weights is not None else cfg.MODEL.PRETRAINED
-    # random init (no weights, or layers the weights lack) must be the same on every rank:
-    # draw it from SEED alone, leaving the per-rank stream (SEED + rank) untouched
+    path = weights if weights is not None else stage.cfg.MODEL.PRETRAINED
+    return load_model(stage.cfg, path, stage.device, stage.logger).train()
+
+
+def load_model(cfg, weights, device, logger, verify=False):
+    """The one model loader of the stages and infer.py: X-CLIP from ``weights`` (any format
+    models.xclip.load reads; None = random init of the MODEL.ARCH preset) on ``device``.
+
+    Random init (no weights, or layers the weights lack) is drawn from SEED alone, so it is
+    the same on every rank and leaves the per-rank stream (SEED + rank) untouched.
+    ``verify``: a missing file is a CheckpointError, and a FrameShield checkpoint with a
+    manifest is verified first (CheckpointError when damaged).
+    """
+    from models import xclip
+    from training.checkpoint import checkpoint_file, verify_checkpoint
+
+    if verify and weights:
+        if not Path(weights).is_file():
+            raise CheckpointError(f"checkpoint {weights} does not exist")
+        if checkpoint_file(weights, ".manifest.json").is_file():
+            ok, problem = verify_checkpoint(weights)
+            if not ok:
+                raise CheckpointError(f"checkpoint {weights} is damaged: {problem}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.SEED)
-        model = _load_xclip(cfg, path, stage.logger)
+        model, _, _ = xclip.load(
+            weights, name=cfg.MODEL.ARCH, device="cpu", T=cfg.DATA.NUM_FRAMES, droppath=cfg.MODEL.DROP_PATH_RATE,
+            use_checkpoint=cfg.TRAIN.USE_CHECKPOINT, logger=logger, prompts_alpha=cfg.MODEL.PROMPTS_ALPHA,
+            prompts_layers=cfg.MODEL.PROMPTS_LAYERS, mit_layers=cfg.MODEL.MIT_LAYERS, fix_text=cfg.MODEL.FIX_TEXT)
     if model.input_resolution != cfg.DATA.INPUT_SIZE:
         raise ConfigError(
             f"the model takes {model.input_resolution}px frames but DATA.INPUT_SIZE is {cfg.DATA.INPUT_SIZE}; "
-            f"set DATA.INPUT_SIZE {model.input_resolution}"
-        )
-    return model.to(stage.device).train()
-
-
-def _load_xclip(cfg, path, logger):
-    from models import xclip
-
-    model, _, _ = xclip.load(
-        path, name=cfg.MODEL.ARCH, device="cpu", T=cfg.DATA.NUM_FRAMES, droppath=cfg.MODEL.DROP_PATH_RATE,
-        use_checkpoint=cfg.TRAIN.USE_CHECKPOINT, logger=logger, prompts_alpha=cfg.MODEL.PROMPTS_ALPHA,
-        prompts_layers=cfg.MODEL.PROMPTS_LAYERS, mit_layers=cfg.MODEL.MIT_LAYERS, fix_text=cfg.MODEL.FIX_TEXT,
-    )
-    return model
+            f"use the training config (-cfg) or set DATA.INPUT_SIZE {model.input_resolution}")
+    return model.to(device)
 
 
 def text_tokens(stage: Stage) -> torch.Tensor:
     """Tokens [C, 77] of the class names in DATA.LABEL_LIST (id order; class 1 = abnormal)."""
+    return class_tokens(stage.cfg, stage.device, stage.logger)
+
+
+def class_tokens(cfg, device, logger=None) -> torch.Tensor:
+    """Tokens [C, 77] of DATA.LABEL_LIST's class names (id order; class 1 = abnormal)."""
     from clip import tokenize
     from datasets.lists import read_label_csv
 
-    names = read_label_csv(stage.cfg.DATA.LABEL_LIST)
-    if len(names) != stage.cfg.DATA.NUM_CLASSES:
-        raise ConfigError(
-            f"{stage.cfg.DATA.LABEL_LIST} lists {len(names)} classes but DATA.NUM_CLASSES is "
-            f"{stage.cfg.DATA.NUM_CLASSES}"
-        )
-    stage.logger.info(f"classes: {names}")
-    return tokenize(names).to(stage.device)
+    names = read_label_csv(cfg.DATA.LABEL_LIST)
+    if len(names) != cfg.DATA.NUM_CLASSES or len(names) < 2:
+        raise ConfigError(f"{cfg.DATA.LABEL_LIST} lists {len(names)} classes but DATA.NUM_CLASSES is "
+                          f"{cfg.DATA.NUM_CLASSES}, and scoring needs class 1 = abnormal")
+    if logger is not None:
+        logger.info(f"classes: {names}")
+    return tokenize(names).to(device)
 
 
 def write_results(stage: Stage, results: dict) -> None:

@@ -38,11 +38,26 @@ _CHOICES = {
     ("ADV_TRAIN", "SRD_MODE"): ("center", "gradcam"),
     ("ADV_TRAIN", "SRD_SEVERITY"): ("light", "medium", "heavy"),
     ("TEST", "NUM_CROP"): (1, 3),
+    # the names of attacks.registry.ATTACKS (utils/ imports nothing above it)
+    ("ROBUSTNESS", "ATTACK"): ("pgd", "apgd-ce", "apgd-margin", "square", "transfer"),
+    ("ROBUSTNESS", "SWEEP_ATTACK"): ("", "pgd", "apgd-ce", "apgd-margin", "square", "transfer"),
+    ("ROBUSTNESS", "TRANSFER_ATTACK"): ("pgd", "apgd-ce", "apgd-margin"),
+}
+# Keys that existed once and were never read: setting one is an error that says what to do.
+REMOVED_KEYS = {
+    "DATA.DATASET": "the dataset is given by DATA.ROOT and the list files; delete the line",
+    "TEST.NUM_CLIP": "test clips are one per segment of DATA.NUM_FRAMES * DATA.FRAME_INTERVAL frames; "
+                     "delete the line",
+    "AUG.LABEL_SMOOTH": "FrameShield's losses use no label smoothing; delete the line",
+    "AUG.MIXUP": "FrameShield trains without mixup; delete the line",
+    "AUG.CUTMIX": "FrameShield trains without cutmix; delete the line",
+    "AUG.MIXUP_SWITCH_PROB": "FrameShield trains without mixup/cutmix; delete the line",
 }
 _POSITIVE_INTS = [
     ("DATA", "INPUT_SIZE"), ("DATA", "NUM_CLIPS"), ("DATA", "NUM_FRAMES"), ("DATA", "FRAME_INTERVAL"),
     ("DATA", "NUM_CLASSES"), ("DATA", "NUM_VIEWS"), ("TRAIN", "BATCH_SIZE"), ("TRAIN", "ACCUMULATION_STEPS"),
-    ("TEST", "BATCH_SIZE"), ("TEST", "NUM_CLIP"), ("ATTACK", "BATCH_SIZE"), ("ATTACK", "RESTARTS"),
+    ("TEST", "BATCH_SIZE"), ("ATTACK", "BATCH_SIZE"), ("ATTACK", "RESTARTS"),
+    ("ROBUSTNESS", "STRONG_STEPS"), ("ROBUSTNESS", "SQUARE_QUERIES"),
     ("SAVE_FREQ",), ("PRINT_FREQ",),
 ]
 W_SMOOTH_DEFAULT = 0.01
@@ -53,7 +68,7 @@ def _defaults():
     """The whole tree with its defaults (published FrameShield/X-CLIP behaviour)."""
     return {
         "DATA": {
-            "ROOT": "", "TRAIN_FILE": "", "VAL_FILE": "", "DATASET": "synthetic",
+            "ROOT": "", "TRAIN_FILE": "", "VAL_FILE": "",
             "INPUT_SIZE": 224, "NUM_CLIPS": 16, "NUM_FRAMES": 5, "FRAME_INTERVAL": 6,
             "NUM_CLASSES": 2, "LABEL_LIST": "configs/labels_2.csv", "FILENAME_TMPL": "img_{:08}.jpg",
             "NUM_WORKERS": 2, "PIN_MEMORY": True, "PERSISTENT_WORKERS": False, "PREFETCH_FACTOR": 2,
@@ -80,11 +95,13 @@ def _defaults():
             "EPS": -1.0, "STEPS": 10, "STEP_SIZE": -1.0, "RANDOM_START": False, "RESTARTS": 1,
             "BATCH_SIZE": 8,
         },
-        "AUG": {
-            "COLOR_JITTER": 0.8, "GRAY_SCALE": 0.2, "LABEL_SMOOTH": 0.0, "MIXUP": 0.0, "CUTMIX": 1.0,
-            "MIXUP_SWITCH_PROB": 0.5,
+        "ROBUSTNESS": {
+            "ATTACK": "pgd", "RESTARTS": 0, "SWEEP_EPS": [], "SWEEP_STEPS": [], "SWEEP_ATTACK": "",
+            "STRONG_STEPS": 100, "SQUARE_QUERIES": 1000, "SQUARE_P_INIT": 0.8, "TRANSFER_FROM": "",
+            "TRANSFER_ATTACK": "pgd", "REPORT": False, "REPORT_MODELS": [], "SANITY_TOL": 0.02,
         },
-        "TEST": {"NUM_CLIP": 1, "NUM_CROP": 1, "ONLY_TEST": False, "BATCH_SIZE": 8, "SMOOTH": True},
+        "AUG": {"COLOR_JITTER": 0.8, "GRAY_SCALE": 0.2},
+        "TEST": {"NUM_CROP": 1, "ONLY_TEST": False, "BATCH_SIZE": 8, "SMOOTH": True},
         "OUTPUT": "", "SAVE_FREQ": 1, "PRINT_FREQ": 10, "SEED": 1024,
         # Runtime only: filled by get_config from env LOCAL_RANK / --local-rank (-1 = not distributed).
         "LOCAL_RANK": -1,
@@ -163,6 +180,8 @@ def _coerce(value, default, key, source, from_text=False):
 
 
 def _unknown_key(full_key, known, source):
+    if full_key in REMOVED_KEYS:
+        return ConfigError(f"{full_key} in {source} was removed (it was never read): {REMOVED_KEYS[full_key]}")
     last = full_key.rsplit(".", 1)[-1]
     known = list(known)
     close = [last.upper()] if last.upper() in known else difflib.get_close_matches(last, known, n=1)
@@ -278,6 +297,10 @@ def _validate(cfg):
             node = node[part]
         if node < 1:
             raise ConfigError(f"{'.'.join(path)} must be at least 1, got {node}")
+    if not 0 < cfg.ROBUSTNESS.SQUARE_P_INIT <= 1:
+        raise ConfigError(f"ROBUSTNESS.SQUARE_P_INIT must be in (0, 1], got {cfg.ROBUSTNESS.SQUARE_P_INIT}")
+    if cfg.ROBUSTNESS.RESTARTS < 0:
+        raise ConfigError(f"ROBUSTNESS.RESTARTS must be >= 0 (0 = ATTACK.RESTARTS), got {cfg.ROBUSTNESS.RESTARTS}")
     if cfg.DATA.NUM_VIEWS > 2:
         raise ConfigError(f"DATA.NUM_VIEWS must be 1 or 2, got {cfg.DATA.NUM_VIEWS}")
 
@@ -336,6 +359,19 @@ def _given(value):
     return value is not None and not isinstance(value, _FlagDefault)
 
 
+def apply_flags(cfg, args, flag_values):
+    """Set each config key whose flag was given: ``flag_values`` = [(attribute of args,
+    (SECTION, KEY), flag name)]. Scripts register their own flags as ``args.config_flags``."""
+    for attr, path, flag in flag_values:
+        value = getattr(args, attr, None)
+        if _given(value):
+            node = cfg
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = _coerce(value, node[path[-1]], ".".join(path), flag)
+    return cfg
+
+
 def get_config(args):
     """Defaults <- YAML (``args.config``) <- ``args.opts`` <- flags; frozen and validated.
 
@@ -357,13 +393,7 @@ def get_config(args):
         ("w_smooth", ("TRAIN", "W_SMOOTH"), "--w-smooth"),
         ("w_sparse", ("TRAIN", "W_SPARSE"), "--w-sparse"),
     ]
-    for attr, path, flag in flag_values:
-        value = getattr(args, attr, None)
-        if _given(value):
-            node = cfg
-            for part in path[:-1]:
-                node = node[part]
-            node[path[-1]] = _coerce(value, node[path[-1]], ".".join(path), flag)
+    apply_flags(cfg, args, flag_values + list(getattr(args, "config_flags", None) or ()))
     if getattr(args, "only_test", False):
         cfg.TEST.ONLY_TEST = True
     cfg.LOCAL_RANK = resolve_local_rank(args)

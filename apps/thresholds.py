@@ -1,0 +1,72 @@
+"""Which config and which score threshold infer.py uses for a checkpoint.
+
+The training stages store the score threshold chosen on the validation frames (max F1) in
+``checkpoints/<tag>.state.pt`` (``extra.score_threshold`` in ``best``, and
+``extra.threshold.f1`` in every checkpoint of a training run; see training.engine.fit); a
+checkpoint without one uses :data:`DEFAULT_THRESHOLD`, logged as a warning.
+"""
+import logging
+import math
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from training.checkpoint import checkpoint_file
+from utils.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger("FrameShield.inference")
+
+DEFAULT_THRESHOLD = 0.5  # P(abnormal) > 0.5: the model's own class decision
+
+
+def resolve_config_path(config, weights) -> Path:
+    """``config`` when given, else the ``<tag>.yaml`` a FrameShield checkpoint has beside it."""
+    if config:
+        return Path(config)
+    if weights:
+        beside = checkpoint_file(weights, ".yaml")
+        if beside.is_file():
+            return beside
+    raise ConfigError(f"no -cfg given and no config file beside the checkpoint {weights} "
+                      "(FrameShield checkpoints have checkpoints/<tag>.yaml); pass -cfg CONFIG.yaml")
+
+
+def read_stored_threshold(weights):
+    """``(threshold or None, where it came from)`` from ``<tag>.state.pt`` beside ``weights``."""
+    state_file = checkpoint_file(weights, ".state.pt")
+    if not state_file.is_file():
+        return None, f"no {state_file.name} beside the checkpoint"
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError,
+            zipfile.BadZipFile) as err:
+        raise CheckpointError(f"cannot read {state_file}: {type(err).__name__}: {err}") from err
+    extra = (state.get("extra") or {}) if isinstance(state, dict) else {}
+    # best.*: extra.score_threshold; every checkpoint of a training run also carries the
+    # training state's threshold dict (that of the best evaluation so far)
+    value, key = extra.get("score_threshold"), "extra.score_threshold"
+    if value is None and isinstance(extra.get("threshold"), dict):
+        value, key = extra["threshold"].get("f1"), "extra.threshold.f1"
+    if value is None:
+        return None, f"{state_file.name} holds no score threshold"
+    value = float(value)
+    if not math.isfinite(value):
+        return None, f"{state_file.name} holds a non-finite score threshold ({value})"
+    return value, f"{state_file} ({key}, max F1 on the validation frames)"
+
+
+def resolve_threshold(cli_value, weights, log=logger):
+    """``(threshold, source text, origin)``: the flag (origin "flag"), else the checkpoint's
+    ("checkpoint"), else :data:`DEFAULT_THRESHOLD` ("default", logged as a warning)."""
+    if cli_value is not None:
+        if not 0.0 <= cli_value <= 1.0:
+            raise ConfigError(f"--threshold must be within [0, 1] (a probability), got {cli_value}")
+        return float(cli_value), "--threshold", "flag"
+    stored, why = read_stored_threshold(weights) if weights else (None, "no checkpoint")
+    if stored is not None:
+        return stored, why, "checkpoint"
+    log.warning(f"the checkpoint has no stored score threshold ({why}); using the default "
+                f"{DEFAULT_THRESHOLD} (P(abnormal) > 0.5); pass --threshold to choose one")
+    return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} ({why})", "default"
