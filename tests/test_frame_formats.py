@@ -322,6 +322,6 @@ def test_ped2_train_loader_reads_tiff_folders(ped2):
     assert batch["imgs"].shape == (2, 1, K, T, 3, S, S) and batch["imgs"].dtype == torch.float32
     assert batch["imgs"].min() >= 0 and batch["imgs"].max() <= 1
     inds = batch["frame_inds"]
-    assert inds.shape == (2, K, T)
+    assert inds.shape == (2, K, T) and (inds[..., 1:] >= inds[..., :-1]).all()  # never wrapped
     lengths = torch.tensor([60, 45])[batch["vid"]]
     assert (inds.amax(dim=(1, 2)) < lengths).all() and (inds >= 0).all()
