@@ -212,7 +212,7 @@ def load_model(cfg, weights, device, log=logger):
     model, _, _ = xclip.load(
         weights, name=cfg.MODEL.ARCH, device="cpu", T=cfg.DATA.NUM_FRAMES, logger=log,
         prompts_alpha=cfg.MODEL.PROMPTS_ALPHA, prompts_layers=cfg.MODEL.PROMPTS_LAYERS,
-        mit_layers=cfg.MODEL.MIT_LAYERS, fix_text=cfg.MODEL.FIX_TEXT)
+        mit_layers=cfg.MODEL.MIT_LAYERS, fix_text=cfg.MODEL.FIX_TEXT, train_video_head=cfg.MODEL.TRAIN_VIDEO_HEAD)
     if model.input_resolution != cfg.DATA.INPUT_SIZE:
         raise ConfigError(f"the checkpoint takes {model.input_resolution}px frames but DATA.INPUT_SIZE "
                           f"is {cfg.DATA.INPUT_SIZE}; use the training config (-cfg) or "

@@ -164,6 +164,7 @@ def _load_xclip(cfg, path, logger):
         path, name=cfg.MODEL.ARCH, device="cpu", T=cfg.DATA.NUM_FRAMES, droppath=cfg.MODEL.DROP_PATH_RATE,
         use_checkpoint=cfg.TRAIN.USE_CHECKPOINT, logger=logger, prompts_alpha=cfg.MODEL.PROMPTS_ALPHA,
         prompts_layers=cfg.MODEL.PROMPTS_LAYERS, mit_layers=cfg.MODEL.MIT_LAYERS, fix_text=cfg.MODEL.FIX_TEXT,
+        train_video_head=cfg.MODEL.TRAIN_VIDEO_HEAD,
     )
     return model
 
