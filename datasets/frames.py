@@ -8,13 +8,34 @@ frame is replaced by its nearest readable neighbour instead, and counted in ``re
 
 Which reader is used is decided by what is on disk, not by the name in the list: a TAD
 entry ``frames/abnormal/01_Accident_006.mp4`` may be a folder of frames.
+
+Frame files are decoded by their content (magic bytes), not by their suffix:
+
+- JPEG: torchvision's ``decode_jpeg`` (the fast path; the frames of one read are decoded as
+  one batch), converted to RGB by libjpeg (grayscale and CMYK included).
+- PNG: torchvision's ``decode_image`` in RGB mode: libpng expands grayscale and palette
+  images to RGB and drops an alpha channel; 16-bit PNGs keep their 16 bits here and are
+  scaled below.
+- TIFF, BMP, GIF, WebP, PPM/PGM: Pillow (torchvision cannot read TIFF or BMP). Grayscale
+  and bilevel frames are repeated to 3 channels, palettes are expanded, alpha is dropped,
+  CMYK/YCbCr are converted to RGB, 16-bit grayscale (``I;16``) is scaled below. Pillow
+  itself reduces 16-bit *colour* TIFFs to 8 bits by their high byte (``v >> 8``, within one
+  level of the rounding below). 32-bit integer or float frames (no fixed maximum to scale
+  by), signed 16-bit frames and files holding several images (animated GIF, multi-page
+  TIFF) raise ``DataError``: convert such frames to 8-bit images first.
+
+16-bit frames are scaled by their own maximum, ``round(v * 255 / 65535)`` (65535 -> 255,
+32896 -> 128), so that a 16-bit frame and its 8-bit version read the same.
+UCSD-Ped2's frames are 360x240 8-bit grayscale TIFFs (FILENAME_TMPL ``'{:03}.tif'``).
 """
 import abc
+import io
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from utils.errors import DataError
@@ -22,7 +43,73 @@ from utils.errors import DataError
 LOGGER = logging.getLogger("FrameShield")
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
-JPEG_SUFFIXES = {".jpg", ".jpeg"}
+JPEG_MAGIC = b"\xff\xd8"  # start-of-image marker
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Formats Pillow may open (others, e.g. EPS, which runs Ghostscript, are never tried).
+PIL_FORMATS = ("TIFF", "BMP", "GIF", "WEBP", "PPM")
+# What Pillow raises for a damaged or unsupported file (UnidentifiedImageError is an OSError).
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+_PIL_TO_RGB = {"P", "PA", "CMYK", "YCbCr", "1"}  # modes Pillow converts to RGB itself
+_PIL_UINT16 = {"I;16", "I;16L", "I;16B", "I;16N"}
+FORMATS_HINT = ("readable frame formats: JPEG, PNG (8/16-bit), TIFF (8/16-bit), BMP, GIF, WebP, "
+                "PPM/PGM")
+
+
+def uint16_to_uint8(values):
+    """Scale 16-bit pixels by their maximum: ``round(v * 255 / 65535)`` = ``(v + 128) // 257``.
+
+    ``values``: a torch uint16 tensor or a numpy uint16 array of any shape; returns the same
+    kind, uint8. (65535 = 255 * 257, so ``v * 255 / 65535`` is ``v / 257``; it never ends in
+    exactly .5, so the rounding direction of ties does not matter.)
+    """
+    if isinstance(values, torch.Tensor):
+        return torch.div(values.to(torch.int32) + 128, 257, rounding_mode="floor").to(torch.uint8)
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _pil_to_rgb(image):
+    """A loaded single-image Pillow ``image`` -> ``uint8 [3, H, W]``; ValueError if unsupported."""
+    mode = image.mode
+    if mode in _PIL_UINT16:
+        array = uint16_to_uint8(np.asarray(image, dtype=np.uint16))
+    elif mode in _PIL_TO_RGB:
+        array = np.asarray(image.convert("RGB"))
+    elif mode in ("L", "LA", "RGB", "RGBA", "RGBX"):
+        array = np.asarray(image)
+    else:
+        raise ValueError(f"pixel mode {mode!r} is not supported (32-bit integer, float or signed "
+                         "pixels have no fixed range to scale to 8 bits); convert the frames to "
+                         "8-bit or 16-bit images")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    # grayscale (+alpha) -> repeat the gray channel; colour + alpha -> drop the alpha
+    array = np.repeat(array[:, :, :1], 3, axis=2) if array.shape[2] < 3 else array[:, :, :3]
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def decode_frame(data):
+    """Encoded bytes of one frame file (``uint8 [L]`` tensor) -> ``uint8 [3, H, W]`` RGB.
+
+    Raises RuntimeError (torchvision) or ValueError/OSError (Pillow and the checks here)
+    when the data cannot be decoded; the reader turns that into a DataError naming the file.
+    """
+    head = bytes(data[:8].tolist())
+    if head.startswith(JPEG_MAGIC):
+        return decode_jpeg(data, mode=ImageReadMode.RGB)
+    if head.startswith(PNG_MAGIC):
+        image = decode_image(data, mode=ImageReadMode.RGB)
+        return uint16_to_uint8(image) if image.dtype == torch.uint16 else image
+    try:
+        opened = Image.open(io.BytesIO(data.numpy().tobytes()), formats=PIL_FORMATS)
+    except UnidentifiedImageError as err:
+        raise ValueError(f"not an image of a known format (starts with bytes {head!r})") from err
+    with opened as image:
+        frames = getattr(image, "n_frames", 1)
+        if frames != 1:
+            raise ValueError(f"the file holds {frames} images ({image.format}); a frame file must "
+                             "hold exactly one")
+        image.load()
+        return _pil_to_rgb(image)
 
 
 def detect_start_index(folder, filename_tmpl, list_start=0):
@@ -138,7 +225,6 @@ class FrameFolderReader(_Reader):
         super().__init__(folder, num_frames, replace_bad)
         self.filename_tmpl = filename_tmpl
         self.first = detect_start_index(self.path, filename_tmpl, list_start)
-        self.is_jpeg = Path(filename_tmpl.format(0)).suffix.lower() in JPEG_SUFFIXES
         last = self.frame_path(self.num_frames - 1)
         if not last.is_file():
             on_disk = sum(1 for _ in self.path.iterdir())
@@ -164,15 +250,19 @@ class FrameFolderReader(_Reader):
 
     def _decode_batch(self, indices):
         data = [self._read_bytes(i) for i in indices]
+        jpeg = [k for k, d in enumerate(data) if bytes(d[:2].tolist()) == JPEG_MAGIC]
+        images = [None] * len(indices)
         try:
-            if self.is_jpeg:
-                images = decode_jpeg(data, mode=ImageReadMode.RGB)
-            else:
-                images = [decode_image(d, mode=ImageReadMode.RGB) for d in data]
-        except RuntimeError as err:
+            if jpeg:  # the fast path: all JPEG frames of this read in one call
+                for k, image in zip(jpeg, decode_jpeg([data[k] for k in jpeg], mode=ImageReadMode.RGB)):
+                    images[k] = image
+            for k, d in enumerate(data):
+                if images[k] is None:
+                    images[k] = decode_frame(d)
+        except (RuntimeError, *_PIL_ERRORS) as err:
             names = ", ".join(self.frame_path(i).name for i in indices[:4])
             which = f"frame {indices[0]} ({names})" if len(indices) == 1 else f"one of frames {names}..."
-            raise DataError(f"video {self.path}: cannot decode {which}: {err}") from err
+            raise DataError(f"video {self.path}: cannot decode {which}: {err} ({FORMATS_HINT})") from err
         return dict(zip(indices, images))
 
 

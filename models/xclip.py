@@ -24,6 +24,19 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 TEXT_TOWER_PREFIXES = ("transformer.", "token_embedding.", "positional_embedding",
                        "ln_final.", "text_projection")
+# X-CLIP's published ``fix_text``: a parameter stays trainable iff its name contains one of
+# these (substring match, as published); everything else is frozen. That freezes the text
+# tower and also ``logit_scale`` and ``head_video.*`` ("head_video" does not contain "_head").
+FIX_TEXT_TRAINABLE = ("visual.", "mit", "prompts", "_head")
+# What ``train_video_head`` keeps trainable on top of the published rule.
+VIDEO_HEAD_PARAMS = ("head_video.", "logit_scale")
+
+
+def fix_text_trainable(name: str, train_video_head: bool = False) -> bool:
+    """Whether parameter ``name`` is trained under ``fix_text`` (published rule, + video head)."""
+    if any(part in name for part in FIX_TEXT_TRAINABLE):
+        return True
+    return train_video_head and name.startswith(VIDEO_HEAD_PARAMS)
 
 # Architecture dimensions of the presets (OpenAI's for the ViTs).
 ARCH_PRESETS = {
@@ -50,7 +63,12 @@ class XCLIP(nn.Module):
                  vocab_size: int, transformer_width: int, transformer_layers: int,
                  T: int = 8, droppath: float = 0.0, mit_layers: int = 1,
                  prompts_alpha: float = 1e-1, prompts_layers: int = 2,
-                 use_checkpoint: bool = False, fix_text: bool = True):
+                 use_checkpoint: bool = False, fix_text: bool = True,
+                 train_video_head: bool = False):
+        """``fix_text``: freeze what X-CLIP's published ``fix_text`` freezes (the text tower,
+        ``logit_scale`` and ``head_video``; see ``fix_text_trainable``); False trains every
+        parameter. ``train_video_head``: with ``fix_text``, train ``head_video`` and
+        ``logit_scale`` too (no effect without ``fix_text``, which trains everything)."""
         super().__init__()
         self.input_resolution = image_resolution
         self.num_frames = T
@@ -79,7 +97,7 @@ class XCLIP(nn.Module):
         self._text_cache = None
         if fix_text:
             for name, param in self.named_parameters():
-                if name.startswith(TEXT_TOWER_PREFIXES):
+                if not fix_text_trainable(name, train_video_head):
                     param.requires_grad_(False)
 
     # ----- text features and their cache -----
@@ -260,14 +278,14 @@ def load_weights_strict(model: XCLIP, state_dict: dict) -> None:
 def build_model(state_dict: dict | None, arch: dict, T: int = 8, droppath: float = 0.0,
                 use_checkpoint: bool = False, prompts_alpha: float = 1e-1,
                 prompts_layers: int = 2, mit_layers: int = 1, fix_text: bool = True,
-                logger=None) -> XCLIP:
+                logger=None, train_video_head: bool = False) -> XCLIP:
     """Build X-CLIP with ``arch`` dims; depth of MIT/prompt decoder follows the state dict."""
     if state_dict is not None:
         mit_layers = _count_blocks(state_dict, "mit.resblocks.") or mit_layers
         prompts_layers = _count_blocks(state_dict, "prompts_generator.decoder.") or prompts_layers
     model = XCLIP(**arch, T=T, droppath=droppath, mit_layers=mit_layers,
                   prompts_alpha=prompts_alpha, prompts_layers=prompts_layers,
-                  use_checkpoint=use_checkpoint, fix_text=fix_text)
+                  use_checkpoint=use_checkpoint, fix_text=fix_text, train_video_head=train_video_head)
     if state_dict is not None:
         load_weights_strict(model, prepare_state_dict(state_dict, T, logger))
     return model
@@ -275,8 +293,12 @@ def build_model(state_dict: dict | None, arch: dict, T: int = 8, droppath: float
 
 def load(model_path, name: str = "ViT-B/32", device="cpu", T: int = 8, droppath: float = 0.0,
          use_checkpoint: bool = False, logger=None, prompts_alpha: float = 1e-1,
-         prompts_layers: int = 2, mit_layers: int = 1, fix_text: bool = True):
+         prompts_layers: int = 2, mit_layers: int = 1, fix_text: bool = True,
+         train_video_head: bool = False):
     """Build X-CLIP from ``model_path`` (architecture inferred) or the preset ``name``.
+
+    ``fix_text`` / ``train_video_head``: which parameters train (MODEL.FIX_TEXT and
+    MODEL.TRAIN_VIDEO_HEAD; see ``XCLIP.__init__``).
 
     Returns ``(model, model.state_dict(), model_path)``; the model is float32, in eval mode,
     on ``device``.
@@ -284,7 +306,8 @@ def load(model_path, name: str = "ViT-B/32", device="cpu", T: int = 8, droppath:
     logger = logger or logging.getLogger(__name__)
     options = dict(T=T, droppath=droppath, use_checkpoint=use_checkpoint,
                    prompts_alpha=prompts_alpha, prompts_layers=prompts_layers,
-                   mit_layers=mit_layers, fix_text=fix_text, logger=logger)
+                   mit_layers=mit_layers, fix_text=fix_text, train_video_head=train_video_head,
+                   logger=logger)
     if model_path is None:
         if name not in ARCH_PRESETS:
             raise CheckpointError(f"unknown model preset {name!r}; choose one of "

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from datasets.sampling import train_clip_indices, video_segments
 from utils.errors import DataError
 from training.pseudo_labels import (VideoPseudoLabels, pseudo_label_path, read_pseudo_labels, summarise,
                                  write_pseudo_labels)
@@ -41,15 +42,64 @@ def test_round_trip_keyed_by_path(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
 
 
-def test_clip_labels_take_nearest_segment():
-    entry = sample_labels()["train/abnormal_0"]  # segment centres 2, 12, 22, 32, 42
+def test_clip_labels_from_the_segments_holding_its_frames():
+    entry = sample_labels()["train/abnormal_0"]  # segments [0,10) [10,20) [20,30) [30,40) [40,50)
     same = torch.as_tensor(entry.frame_inds)
     assert entry.clip_labels(same).tolist() == [0, 1, 1, 0, 0]
-    shifted = torch.tensor([[9, 11, 13], [24, 26, 28], [44, 46, 48], [0, 1, 2]])  # centres 11, 26, 46, 1
-    assert entry.clip_labels(shifted).tolist() == [1, 1, 0, 0]
+    clips = torch.tensor([[9, 11, 13], [24, 26, 28], [44, 46, 49], [0, 1, 2], [28, 30, 32], [30, 35, 39]])
+    assert entry.clip_labels(clips).tolist() == [1, 1, 0, 0, 1, 0]  # [28, 30, 32]: one frame in [20, 30)
     # class ids above 1 count as anomalous
     multi = VideoPseudoLabels(10, np.array([[0], [5]]), np.array([0, 3]))
     assert multi.clip_labels(torch.tensor([[6]])).tolist() == [1]
+
+
+def test_clip_over_a_boundary_takes_the_anomalous_segment():
+    """A short video's clip that runs from a normal segment into an abnormal one is abnormal,
+    and the other way round, even where its centre is nearer the normal segment."""
+    segs = video_segments(40, 5, 6)  # [0, 30) sampled 0..24, [30, 40) sampled 30..38
+    inds = np.array([s.frame_inds for s in segs])
+    clip = torch.tensor([[15, 21, 27, 33, 39]])  # centre 27: nearer segment 1's centre (34)
+    assert VideoPseudoLabels(40, inds, np.array([1, 0])).clip_labels(clip).tolist() == [1]
+    assert VideoPseudoLabels(40, inds, np.array([0, 1])).clip_labels(clip).tolist() == [1]
+    assert VideoPseudoLabels(40, inds, np.array([0, 0])).clip_labels(clip).tolist() == [0]
+
+
+def _frame_labels(num_frames, segments, labels):
+    """Per-frame label [N] from the segments' extents (the dropped tail: the segment before)."""
+    out = np.zeros(num_frames, dtype=np.int64)
+    for seg, label in zip(segments, labels):
+        out[seg.start:] = label  # later segments overwrite: each holds up to the next one's start
+    return out
+
+
+@pytest.mark.parametrize("num_frames", [40, 100, 300, 5000])
+def test_sampled_clips_labelled_from_their_frames(num_frames):
+    """Training clips from datasets.sampling on short (N < K * span) and long videos: label 1
+    iff one of the clip's frames lies in a segment labelled anomalous."""
+    K, T, step = 16, 5, 6
+    segs = video_segments(num_frames, T, step)
+    rng = np.random.default_rng(num_frames)
+    for trial in range(20):
+        labels = rng.integers(0, 2, len(segs)) * rng.integers(1, 3, len(segs))  # classes 0, 1, 2
+        entry = VideoPseudoLabels(num_frames, np.array([s.frame_inds for s in segs]), labels)
+        clips = train_clip_indices(num_frames, K, T, step, rng if trial else None)
+        expected = (_frame_labels(num_frames, segs, labels)[clips] > 0).any(axis=1)
+        assert entry.clip_labels(torch.from_numpy(clips)).tolist() == expected.astype(int).tolist()
+    # the scored segments themselves get their own labels back
+    assert entry.clip_labels(torch.as_tensor(entry.frame_inds)).tolist() == (labels > 0).astype(int).tolist()
+
+
+def test_segments_out_of_order_refused(tmp_path):
+    path = tmp_path / "p.json"
+    labels = sample_labels()
+    labels["train/abnormal_1"] = VideoPseudoLabels(30, np.array([[15, 17, 19], [0, 2, 4]]), np.array([1, 0]))
+    write_pseudo_labels(path, labels)
+    with pytest.raises(DataError, match="abnormal_1.*time order"):
+        read_pseudo_labels(path, RECORDS)
+    labels["train/abnormal_1"] = VideoPseudoLabels(30, np.array([[0, 2, 4], [15, 25, 30]]), np.array([1, 0]))
+    write_pseudo_labels(path, labels)
+    with pytest.raises(DataError, match="below num_frames=30"):
+        read_pseudo_labels(path, RECORDS)
 
 
 def test_missing_file_names_the_fix(tmp_path):

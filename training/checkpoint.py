@@ -331,7 +331,7 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, strict=True):
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"{state_file}: the optimizer state does not fit this model's "
-                                  f"trainable parameters ({err}); was MODEL.FIX_TEXT changed?") from err
+                                  f"trainable parameters ({err}); was MODEL.FIX_TEXT or MODEL.TRAIN_VIDEO_HEAD changed? (checkpoints saved before MODEL.FIX_TEXT froze head_video and logit_scale resume with MODEL.TRAIN_VIDEO_HEAD True)") from err
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     for key in ("epoch", "step", "best_metric", "extra", "rng", "config_yaml"):

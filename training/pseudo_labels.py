@@ -2,13 +2,14 @@
 
 ``main_advtrain.py --only_test`` scores every training video segment by segment with the
 stage-1 model and writes ``pseudo_labels.json``; adversarial training reads it back and
-gives each sampled training clip the label of the scored segment nearest to it in time.
+labels each sampled training clip from the scored segments that hold its frames
+(``VideoPseudoLabels.clip_labels``).
 
 File format (JSON, written atomically)::
 
     {"<video path as written in the train list>": {
         "num_frames": 960,                       # from the list, to catch a stale file
-        "frame_inds": [[0, 6, 12, 18, 24], ...], # [S][T] frames of each scored segment
+        "frame_inds": [[0, 6, 12, 18, 24], ...], # [S][T] frames of each scored segment, in time order
         "labels": [0, 0, 1, ...]                 # [S] argmax class per segment (1 = abnormal)
     }, ...}
 
@@ -49,15 +50,19 @@ class VideoPseudoLabels:
     def clip_labels(self, clip_frame_inds) -> torch.Tensor:
         """Labels [K] (long, 0/1) of training clips with frame indices [K, T].
 
-        Each clip takes the label of the segment whose mean frame index is nearest to the
-        clip's mean frame index (ties go to the earlier segment). When the training
-        clips are the scored segments themselves this is the identity mapping.
+        A clip is labelled 1 iff any scored segment that holds one of its frames is labelled
+        anomalous (class > 0): the clip shows (part of) what that segment was scored on.
+        The segments tile the video in time order, as datasets.sampling.video_segments cuts
+        it: segment s holds the frames from its first sampled frame up to the next segment's
+        first frame; the last one holds the rest of the video (including a dropped short
+        tail), and frames before the first segment belong to it. When the training clips are
+        the scored segments themselves this is the identity mapping; a training clip that
+        runs over a segment boundary (short videos, see datasets.sampling) takes both.
         """
-        clips = torch.as_tensor(clip_frame_inds).reshape(len(clip_frame_inds), -1).double()
-        clip_centers = clips.mean(dim=1)  # [K]
-        seg_centers = torch.as_tensor(self.frame_inds, dtype=torch.float64).mean(dim=1)  # [S]
-        nearest = (clip_centers[:, None] - seg_centers[None, :]).abs().argmin(dim=1)
-        return (torch.as_tensor(self.labels)[nearest] > 0).long()
+        clips = torch.as_tensor(clip_frame_inds, dtype=torch.int64).reshape(len(clip_frame_inds), -1)
+        firsts = torch.as_tensor(np.ascontiguousarray(self.frame_inds[:, 0]), dtype=torch.int64)  # [S], rising
+        holding = (torch.searchsorted(firsts, clips, right=True) - 1).clamp_(min=0)  # [K, T]
+        return (torch.as_tensor(self.labels)[holding] > 0).any(dim=1).long()
 
 
 def summarise(labels: dict[str, VideoPseudoLabels]) -> dict:
@@ -134,6 +139,9 @@ def _parse_entry(path, key, value, list_frames) -> VideoPseudoLabels:
         )
     if labels.min() < 0 or frame_inds.min() < 0:
         raise DataError(f"{where}: negative label or frame index; {REGENERATE_HINT}")
+    if np.any(np.diff(frame_inds[:, 0]) <= 0) or frame_inds.max() >= list_frames:
+        raise DataError(f"{where}: segments must be in time order (first frames rising) with frames "
+                        f"below num_frames={list_frames}; {REGENERATE_HINT}")
     return VideoPseudoLabels(int(list_frames), frame_inds, labels)
 
 

@@ -170,7 +170,8 @@ def load_model(cfg, weights, device, logger, verify=False):
         model, _, _ = xclip.load(
             weights, name=cfg.MODEL.ARCH, device="cpu", T=cfg.DATA.NUM_FRAMES, droppath=cfg.MODEL.DROP_PATH_RATE,
             use_checkpoint=cfg.TRAIN.USE_CHECKPOINT, logger=logger, prompts_alpha=cfg.MODEL.PROMPTS_ALPHA,
-            prompts_layers=cfg.MODEL.PROMPTS_LAYERS, mit_layers=cfg.MODEL.MIT_LAYERS, fix_text=cfg.MODEL.FIX_TEXT)
+            prompts_layers=cfg.MODEL.PROMPTS_LAYERS, mit_layers=cfg.MODEL.MIT_LAYERS, fix_text=cfg.MODEL.FIX_TEXT,
+            train_video_head=cfg.MODEL.TRAIN_VIDEO_HEAD)
     if model.input_resolution != cfg.DATA.INPUT_SIZE:
         raise ConfigError(
             f"the model takes {model.input_resolution}px frames but DATA.INPUT_SIZE is {cfg.DATA.INPUT_SIZE}; "

@@ -78,6 +78,7 @@ def _defaults():
         "MODEL": {
             "ARCH": "ViT-B/32", "DROP_PATH_RATE": 0.0, "PRETRAINED": None, "RESUME": None,
             "FIX_TEXT": True, "PROMPTS_ALPHA": 0.1, "PROMPTS_LAYERS": 2, "MIT_LAYERS": 1,
+            "TRAIN_VIDEO_HEAD": False,
         },
         "TRAIN": {
             "EPOCHS": 40, "WARMUP_EPOCHS": 5, "WEIGHT_DECAY": 0.001, "LR": 8e-6, "BATCH_SIZE": 8,
