@@ -12,7 +12,8 @@ from utils.errors import ConfigError
 
 def make_cfg(**train):
     values = dict(OPTIMIZER="adamw", LR=1e-3, WEIGHT_DECAY=0.001, LR_SCHEDULER="cosine",
-                  EPOCHS=10, WARMUP_EPOCHS=2)
+                  EPOCHS=10, WARMUP_EPOCHS=2, LR_SCALING="none", LR_BASE_BATCH=0, BATCH_SIZE=1,
+                  ACCUMULATION_STEPS=1)
     values.update(train)
     return NS(TRAIN=NS(**values))
 
@@ -90,3 +91,21 @@ def test_unsupported_settings_are_config_errors():
     opt = optim.build_optimizer(make_cfg(), ToyVideoModel())
     with pytest.raises(ConfigError, match="TRAIN.LR_SCHEDULER"):
         optim.build_scheduler(make_cfg(LR_SCHEDULER="step"), opt, 3)
+
+
+def test_global_batch_and_opt_in_linear_lr_scaling():
+    from tests.cfg_helpers import apply_overrides
+    from training.optim import global_batch, scaled_lr
+    from utils.config import get_default_config
+
+    cfg = apply_overrides(get_default_config(), {"TRAIN.BATCH_SIZE": 8, "TRAIN.ACCUMULATION_STEPS": 2, "TRAIN.LR": 1e-5})
+    assert global_batch(cfg, 4) == 64
+    assert scaled_lr(cfg, 4) == 1e-5  # default: the LR as given, whatever the world size (published)
+    cfg.TRAIN.LR_SCALING = "linear"
+    assert scaled_lr(cfg, 1) == pytest.approx(1e-5)
+    assert scaled_lr(cfg, 4) == pytest.approx(4e-5)  # base = the one-process batch (16)
+    cfg.TRAIN.LR_BASE_BATCH = 8
+    assert scaled_lr(cfg, 4) == pytest.approx(8e-5)  # 64 / 8
+    model = torch.nn.Linear(3, 2)
+    optimizer = optim.build_optimizer(cfg, model, world_size=4)
+    assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(8e-5)] * len(optimizer.param_groups)

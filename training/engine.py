@@ -242,10 +242,14 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
     """
     from datasets.build import set_loader_epoch
     from utils import signals
-    from training.optim import build_optimizer, build_scheduler, optimizer_steps_per_epoch
+    from training.optim import build_optimizer, build_scheduler, global_batch, optimizer_steps_per_epoch, scaled_lr
 
     cfg, logger = stage.cfg, stage.logger
-    optimizer = build_optimizer(cfg, model)
+    world = dist.get_world_size()
+    optimizer = build_optimizer(cfg, model, world)
+    logger.info(f"global batch {global_batch(cfg, world)} videos per optimizer step = {world} process(es) x "
+                f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} x TRAIN.ACCUMULATION_STEPS {cfg.TRAIN.ACCUMULATION_STEPS}; "
+                f"LR {scaled_lr(cfg, world):.3g} (TRAIN.LR {cfg.TRAIN.LR:g}, TRAIN.LR_SCALING {cfg.TRAIN.LR_SCALING})")
     steps_per_epoch = optimizer_steps_per_epoch(len(train_loader), cfg.TRAIN.ACCUMULATION_STEPS)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     state, resume_rng, resumed_from = TrainState(), None, None

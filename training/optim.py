@@ -43,14 +43,35 @@ def parameter_groups(model, weight_decay, lr, no_decay_keywords=NO_DECAY_KEYWORD
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(cfg, model):
-    """AdamW (betas 0.9/0.98, eps 1e-8) with TRAIN.LR and TRAIN.WEIGHT_DECAY."""
+def global_batch(cfg, world_size) -> int:
+    """Videos per optimizer step: world size x TRAIN.BATCH_SIZE x TRAIN.ACCUMULATION_STEPS.
+
+    Under DDP every rank trains on its own BATCH_SIZE videos and the gradients are averaged,
+    so N processes take one step on N times the videos of one process (the published code
+    ran independent replicas instead, each at the single-process batch).
+    """
+    return int(world_size) * int(cfg.TRAIN.BATCH_SIZE) * int(cfg.TRAIN.ACCUMULATION_STEPS)
+
+
+def scaled_lr(cfg, world_size) -> float:
+    """The learning rate the optimizer uses: TRAIN.LR, or with TRAIN.LR_SCALING 'linear'
+    TRAIN.LR x global batch / TRAIN.LR_BASE_BATCH (0 = the one-process batch, so the LR
+    grows with the number of processes and the LR per video stays what one process had)."""
+    if cfg.TRAIN.LR_SCALING == "none":
+        return float(cfg.TRAIN.LR)
+    base = cfg.TRAIN.LR_BASE_BATCH or global_batch(cfg, 1)
+    return float(cfg.TRAIN.LR) * global_batch(cfg, world_size) / base
+
+
+def build_optimizer(cfg, model, world_size=1):
+    """AdamW (betas 0.9/0.98, eps 1e-8) with :func:`scaled_lr` and TRAIN.WEIGHT_DECAY."""
     if cfg.TRAIN.OPTIMIZER.lower() != "adamw":
         raise ConfigError(f"TRAIN.OPTIMIZER {cfg.TRAIN.OPTIMIZER!r} is not supported; use 'adamw'")
-    groups = parameter_groups(model, cfg.TRAIN.WEIGHT_DECAY, cfg.TRAIN.LR)
+    lr = scaled_lr(cfg, world_size)
+    groups = parameter_groups(model, cfg.TRAIN.WEIGHT_DECAY, lr)
     if not groups:
         raise TrainingError("the model has no trainable parameter (all have requires_grad False)")
-    return torch.optim.AdamW(groups, lr=cfg.TRAIN.LR, betas=(0.9, 0.98), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
 
 
 def optimizer_steps_per_epoch(num_batches, accumulation_steps):

@@ -34,6 +34,7 @@ _NONE_STRINGS = {"none", "null", "~", ""}
 _INT_RE = re.compile(r"[+-]?\d+", re.ASCII)
 _CHOICES = {
     ("TRAIN", "AMP"): ("none", "bf16"),
+    ("TRAIN", "LR_SCALING"): ("none", "linear"),
     ("ADV_TRAIN", "LOSS"): ("mil", "ce"),
     ("ADV_TRAIN", "SRD_MODE"): ("center", "gradcam"),
     ("ADV_TRAIN", "SRD_SEVERITY"): ("light", "medium", "heavy"),
@@ -85,7 +86,7 @@ def _defaults():
             "ACCUMULATION_STEPS": 1, "LR_SCHEDULER": "cosine", "OPTIMIZER": "adamw",
             "AUTO_RESUME": False, "USE_CHECKPOINT": False, "AMP": "none", "CLIP_GRAD": 0.0,
             "USE_VIEW2": False, "W_SMOOTH": W_SMOOTH_DEFAULT, "W_SPARSE": W_SPARSE_DEFAULT,
-            "MIL_DETACH_WEIGHT": False,
+            "MIL_DETACH_WEIGHT": False, "LR_SCALING": "none", "LR_BASE_BATCH": 0,
         },
         "ADV_TRAIN": {
             "EPS": 2.0, "LOSS": "mil", "PSEUDO_LABEL": False, "PSEUDO_ANOMALY": False,
@@ -298,6 +299,9 @@ def _validate(cfg):
             node = node[part]
         if node < 1:
             raise ConfigError(f"{'.'.join(path)} must be at least 1, got {node}")
+    if cfg.TRAIN.LR_BASE_BATCH < 0:
+        raise ConfigError(f"TRAIN.LR_BASE_BATCH must be >= 0 (0 = BATCH_SIZE x ACCUMULATION_STEPS, one process), "
+                          f"got {cfg.TRAIN.LR_BASE_BATCH}")
     if not 0 < cfg.ROBUSTNESS.SQUARE_P_INIT <= 1:
         raise ConfigError(f"ROBUSTNESS.SQUARE_P_INIT must be in (0, 1], got {cfg.ROBUSTNESS.SQUARE_P_INIT}")
     if cfg.ROBUSTNESS.RESTARTS < 0:
