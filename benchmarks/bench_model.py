@@ -1,10 +1,21 @@
 """Throughput and peak memory of X-CLIP forward and forward+backward on this device.
 
 Usage: python benchmarks/bench_model.py [--presets ViT-B/32 tiny] [--batch 2] [--frames 5]
-       [--steps 5] [--warmup 2] [--checkpoint] [--json PATH]
+       [--steps 5] [--warmup 2] [--checkpoint] [--json PATH] [--baseline [--repeats 5]]
 On CUDA the model runs under bf16 autocast (as training with TRAIN.AMP bf16 does); on CPU in
 float32. Prints a markdown table; ``--json`` also writes the numbers. Not a test.
+
+``--baseline``: this model side by side with a plain-math reference of the same
+architecture and the same weights, written here in the published formulation (sequences
+``[L, N, D]`` as nn.MultiheadAttention takes them, per-head attention with an explicit
+softmax, no SDPA). The two are timed interleaved (ours, reference, ours, ...) in one process,
+``--repeats`` rounds of ``--steps`` calls each, so machine noise hits both alike; the table
+gives the median ratio reference time / our time (> 1 = ours faster) and the largest logit
+difference (must be < 1e-5).
 """
+import copy
+import statistics
+import types
 import argparse
 import platform
 import resource
@@ -95,6 +106,93 @@ def bench_preset(name, args, device, autocast_dtype) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- plain-math reference
+def _reference_self_attention(self, x, causal=False):
+    """clip.model.SelfAttention in the published formulation: x [N, L, D] -> [N, L, D]."""
+    n, length, width = x.shape
+    heads, dim = self.heads, width // self.heads
+    seq = x.transpose(0, 1)  # [L, N, D], the layout the published blocks keep
+    q, k, v = F.linear(seq, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+    q = q.reshape(length, n * heads, dim).transpose(0, 1) * dim ** -0.5  # [N*h, L, d]
+    k = k.reshape(length, n * heads, dim).transpose(0, 1)
+    v = v.reshape(length, n * heads, dim).transpose(0, 1)
+    scores = torch.bmm(q, k.transpose(1, 2))  # [N*h, L, L]
+    if causal:
+        scores = scores + torch.full((length, length), float("-inf"), device=x.device).triu(1)
+    out = torch.bmm(scores.softmax(dim=-1), v)  # [N*h, L, d]
+    out = out.transpose(0, 1).reshape(length, n, width)
+    return self.out_proj(out).transpose(0, 1)
+
+
+def _reference_cross_attention(self, query, key, value):
+    """models.prompt.CrossAttention with an explicit softmax: [B, C, D] over [B, P, D]."""
+    b, n, d = query.shape
+    q, k, v = (self._split(f(t)) for f, t in ((self.q_proj, query), (self.k_proj, key), (self.v_proj, value)))
+    scores = q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5
+    out = scores.softmax(dim=-1) @ v
+    return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def reference_model(model):
+    """A deep copy of ``model`` whose attention modules compute the published plain math."""
+    from clip.model import SelfAttention
+    from models.prompt import CrossAttention
+
+    ref = copy.deepcopy(model)
+    for module in ref.modules():
+        if isinstance(module, SelfAttention):
+            module.forward = types.MethodType(_reference_self_attention, module)
+        elif isinstance(module, CrossAttention):
+            module.forward = types.MethodType(_reference_cross_attention, module)
+    return ref
+
+
+def bench_baseline(name, args, device) -> dict:
+    """Ours vs the plain-math reference, interleaved: median time ratios and the logit gap."""
+    torch.manual_seed(0)
+    ours, _, _ = xclip.load(None, name, device=device, T=args.frames)
+    ref = reference_model(ours)
+    size = ours.input_resolution
+    video = torch.rand(args.batch, args.frames, 3, size, size, device=device)
+    tokens = tokenize(["normal", "abnormal"]).to(device)
+    labels = torch.arange(args.batch, device=device) % 2
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        gap = float((ours(video, tokens)["y"] - ref(video, tokens)["y"]).abs().max())
+
+    def make(model):
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-6)
+
+        def forward():
+            with torch.no_grad():
+                model(video, tokens)
+
+        def train_step():
+            loss = F.cross_entropy(model(video, tokens)["y"].float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return forward, train_step
+
+    (ours_fwd, ours_train), (ref_fwd, ref_train) = make(ours), make(ref)
+    times = {k: [] for k in ("ours_fwd", "ref_fwd", "ours_train", "ref_train")}
+    for _ in range(args.repeats):
+        for model in (ours, ref):
+            model.eval()
+        times["ours_fwd"].append(time_steps(ours_fwd, args.steps, args.warmup, device))
+        times["ref_fwd"].append(time_steps(ref_fwd, args.steps, args.warmup, device))
+        for model in (ours, ref):
+            model.train()
+        times["ours_train"].append(time_steps(ours_train, args.steps, args.warmup, device))
+        times["ref_train"].append(time_steps(ref_train, args.steps, args.warmup, device))
+    ratio = {kind: statistics.median(r / o for r, o in zip(times[f"ref_{kind}"], times[f"ours_{kind}"]))
+             for kind in ("fwd", "train")}
+    return {"preset": name, "threads": torch.get_num_threads(), "batch": args.batch, "frames": args.frames,
+            "max_logit_diff": gap, "forward_ratio": ratio["fwd"], "train_ratio": ratio["train"],
+            "times_s": times}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["ViT-B/32", "tiny"])
@@ -104,7 +202,25 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--checkpoint", action="store_true", help="gradient checkpointing")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--baseline", action="store_true",
+                        help="time against the plain-math reference of the published formulation")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of --baseline")
     args = parser.parse_args(argv)
+
+    if args.baseline:
+        device = torch.device("cpu")
+        rows = [bench_baseline(name, args, device) for name in args.presets]
+        print(f"device: {device_description(device)}; torch {torch.__version__}; float32; batch {args.batch} "
+              f"clips x {args.frames} frames; {args.repeats} interleaved rounds of {args.steps} steps")
+        print("| preset | threads | max logit diff | forward: reference / ours | fwd+bwd: reference / ours |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['preset']} | {r['threads']} | {r['max_logit_diff']:.1e} | {r['forward_ratio']:.2f}x | "
+                  f"{r['train_ratio']:.2f}x |")
+        if args.json:
+            atomic_write_json(args.json, {"device": device_description(device), "torch": torch.__version__,
+                                          "mode": "baseline", "results": rows})
+        return
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
