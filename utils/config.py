@@ -38,6 +38,7 @@ _CHOICES = {
     ("ADV_TRAIN", "SRD_MODE"): ("center", "gradcam"),
     ("ADV_TRAIN", "SRD_SEVERITY"): ("light", "medium", "heavy"),
     ("TEST", "NUM_CROP"): (1, 3),
+    ("DATA", "RESIZE"): ("published", "antialias"),
 }
 _POSITIVE_INTS = [
     ("DATA", "INPUT_SIZE"), ("DATA", "NUM_CLIPS"), ("DATA", "NUM_FRAMES"), ("DATA", "FRAME_INTERVAL"),
@@ -58,7 +59,7 @@ def _defaults():
             "NUM_CLASSES": 2, "LABEL_LIST": "configs/labels_2.csv", "FILENAME_TMPL": "img_{:08}.jpg",
             "NUM_WORKERS": 2, "PIN_MEMORY": True, "PERSISTENT_WORKERS": False, "PREFETCH_FACTOR": 2,
             "NUM_VIEWS": 2, "COUNT_START_ZERO": False, "REPLACE_BAD_FRAMES": False,
-            "ALLOW_OUTSIDE_ROOT": False,
+            "ALLOW_OUTSIDE_ROOT": False, "RESIZE": "antialias",
         },
         "MODEL": {
             "ARCH": "ViT-B/32", "DROP_PATH_RATE": 0.0, "PRETRAINED": None, "RESUME": None,
