@@ -1,24 +1,26 @@
 """Spatiotemporal Region Distortion (SRD): pseudo-anomalies with exact clip labels.
 
 A localized region of a *normal* training item is cut from the first frame of a
-contiguous run of clips, severely distorted (datasets.srd_ops), and pasted into every frame of that run
-while it moves along a straight line. Those clips are labelled anomalous (1).
+contiguous run of clips, severely distorted (datasets.srd_ops), and pasted into every frame
+of that run while it moves along a straight line. Those clips are labelled anomalous (1).
 
-Everything works on whole tensors, never per-frame conversions: one patch is distorted
-(``grid_sample`` for elastic/swirl, banded-matrix products for Gaussian smoothing, one
-affine map for colour) and written into each frame's box by a strided-view copy. Every
-random number comes from the ``torch.Generator`` passed in, so a call never touches or
-reseeds a global RNG and two calls with one generator draw fresh fields. Pixels outside
-the pasted boxes are left bit for bit as they were.
+Where: the published code pastes on the output of each augmented view's pipeline (the
+model's ``224 x 224`` crops), once per view (its own box, motion and distortions per view,
+the same clips). The training loader does the same through :class:`ItemSRD`: the run is
+drawn once per item, and each view plans and paints its patch on its own finished crops
+(view 2: after its colour and RandAugment ops), so every clip labelled 1 is changed in
+every view and every clip labelled 0 is untouched. :func:`apply_srd` distorts whatever clips it is given, in their own
+coordinates (the demo's pictures, benchmarks).
 
-Choices where the published code is loose: salt and pepper each hit a ``salt`` fraction
-of the patch's pixels (all channels); "torn paper" lines are white, one pixel wide; the
-hue turn is a YIQ rotation; in gradcam mode a box that covers the blob poorly in all
-``SALIENCY_TRIES`` draws is replaced by the best-covered one (not the whole blob box).
+Every random number comes from the ``torch.Generator`` passed in, so a call never touches
+or reseeds a global RNG and two calls with one generator draw fresh fields. Pixels outside
+the pasted boxes are left bit for bit as they were. In gradcam mode a box that covers the
+blob poorly in all ``SALIENCY_TRIES`` draws is replaced by the best-covered one (not the
+whole blob box).
 
-Sizes: a training item is ``clips [K, T, 3, H, W]`` (uint8 or float in [0, 1]).
-The published figures (speed 20-35 px/frame, elastic alpha 40 / sigma 4, blur kernel 5)
-are for 224 px frames; they are scaled by ``min(H, W) / 224``.
+Sizes: clips are ``[K, T, 3, H, W]`` (uint8 or float in [0, 1]). The published figures
+(box sides 10-50 % of the frame, speed 20-35 px/frame, elastic alpha 40 / sigma 4, blur
+kernel 5) are for 224 px crops; pixel figures are scaled by ``min(H, W) / 224``.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.srd_masks import load_saliency, mask_path  # noqa: F401 (re-exported)
+from datasets.srd_masks import load_saliency, mask_path, saliency_in_crop  # noqa: F401 (re-exported)
 from datasets.srd_ops import (DISTORTION_NAMES, DISTORTIONS, LEVELS, SEVERITIES,  # noqa: F401
                               _randint, _uniform, _warn_once, _warned, color_jitter, elastic,
                               gaussian_blur, logger, salt_and_pepper, swirl, torn_paper)
@@ -111,22 +113,38 @@ def _saliency_box(g, blob: np.ndarray, h: int, w: int):
             break
     return best
 
-def plan_srd(shape, generator, severity="medium", mode="center", saliency=None) -> SRDPlan:
+
+def _check_options(severity, mode):
+    if severity not in LEVELS:
+        raise ValueError(f"SRD severity must be one of {SEVERITIES}, got {severity!r}")
+    if mode not in MODES:
+        raise ValueError(f"SRD mode must be one of {MODES}, got {mode!r}")
+
+
+def _draw_run(g, k):
+    """(start, length) of the run of distorted clips among ``k``."""
+    start = _randint(g, 0, k - 1)
+    return start, _randint(g, 1, k - start)
+
+
+def plan_srd(shape, generator, severity="medium", mode="center", saliency=None, run=None) -> SRDPlan:
     """Draw run, region, motion and distortions for clips of ``shape (K, T, 3, H, W)``.
 
     ``saliency``: only read in "gradcam" mode; ``[h, w]`` (one map for the item) or
     ``[K, h, w]`` (one per clip; the first selected clip's map is used), float in [0, 1]
     or uint8, any resolution (resized to H x W). Missing or blob-less saliency falls back
-    to the center region with a logged warning.
+    to the center region with a logged warning. ``run``: ``(start, length)`` already drawn
+    (every view of an item distorts the same clips); None draws it here.
     """
-    if severity not in LEVELS:
-        raise ValueError(f"SRD severity must be one of {SEVERITIES}, got {severity!r}")
-    if mode not in MODES:
-        raise ValueError(f"SRD mode must be one of {MODES}, got {mode!r}")
+    _check_options(severity, mode)
     k, t, _, h, w = shape
     g = generator
-    start = _randint(g, 0, k - 1)
-    length = _randint(g, 1, k - start)
+    if run is None:
+        start, length = _draw_run(g, k)
+    else:
+        start, length = (int(v) for v in run)
+        if not (0 <= start and 1 <= length and start + length <= k):
+            raise ValueError(f"SRD run (start {start}, length {length}) does not fit {k} clips")
 
     region = "center"
     box = None
@@ -184,6 +202,19 @@ def distort_patch(patch: torch.Tensor, plan: SRDPlan, generator, scale: float) -
     return patch.clamp(0.0, 1.0)  # each step keeps [0, 1] up to float rounding
 
 
+def _render_patch(cut, plan, generator, like):
+    """Distorted copy of ``cut [3, ph, pw]`` in the dtype/device of ``like`` (uint8 or float)."""
+    is_int = not like.dtype.is_floating_point
+    patch = cut.float().cpu()
+    if is_int:
+        patch = patch / 255.0
+    h, w = like.shape[-2:]
+    patch = distort_patch(patch, plan, generator, scale=min(h, w) / REFERENCE_SIZE)
+    if is_int:
+        patch = (patch * 255.0).round()
+    return patch.to(device=like.device, dtype=like.dtype)
+
+
 def _paste(out: torch.Tensor, patch: torch.Tensor, boxes: torch.Tensor, plan: SRDPlan) -> None:
     """Copy ``patch [3, ph, pw]`` into ``out [K, T, 3, H, W]`` at every box of the run.
 
@@ -214,16 +245,7 @@ def apply_srd_with_plan(clips, generator, p=0.5, force=False, severity="medium",
 
     plan = plan_srd(clips.shape, generator, severity=severity, mode=mode, saliency=saliency)
     x0, y0, pw, ph = plan.box
-    cut = clips[plan.start, 0, :, y0:y0 + ph, x0:x0 + pw]
-    is_int = not clips.dtype.is_floating_point
-    patch = cut.float().cpu()
-    if is_int:
-        patch = patch / 255.0
-    patch = distort_patch(patch, plan, generator, scale=min(h, w) / REFERENCE_SIZE)
-    if is_int:
-        patch = (patch * 255.0).round()
-    patch = patch.to(device=clips.device, dtype=clips.dtype)
-
+    patch = _render_patch(clips[plan.start, 0, :, y0:y0 + ph, x0:x0 + pw], plan, generator, clips)
     boxes = trajectory_boxes(plan, k, t, h, w)
     out = clips if inplace else clips.clone()
     _paste(out, patch, boxes, plan)
@@ -253,6 +275,97 @@ def apply_srd(clips, generator, p=0.5, force=False, severity="medium", mode="cen
         clips, generator, p=p, force=force, severity=severity, mode=mode,
         saliency=saliency, inplace=inplace)
     return out, pa_labels, boxes
+
+
+# ----------------------------------------------------------------------------- training views
+class ItemSRD:
+    """SRD of one training item, painted into each view's crops in that view's coordinates.
+
+    Drawn here, once per item: whether SRD applies (probability ``p``, always when
+    ``force``) and the run of clips, hence :attr:`labels` ``[K]`` (1 on the run). Each view
+    then gets a :meth:`painter`, which plans its own box, motion and distortions on the
+    view's ``size x size`` crops (as the published code calls its generator once per view)
+    and pastes the patch into the run's clips. Because the box is drawn inside the crop,
+    sized 10-50 % of it (or from the Grad-CAM blob mapped into it), every labelled clip is
+    visibly changed in every view; clips off the run are never touched.
+
+    Args:
+        num_clips, num_frames: K and T of the item.
+        generator: ``torch.Generator``; views draw from it in the order they are painted.
+        p, force, severity, mode: as :func:`apply_srd`.
+        saliency: gradcam mode: ``[K, h, w]`` masks (datasets.srd_masks.load_saliency) or None.
+        saliency_box: ``(top, left, height, width)``, the frame region the masks cover (the
+            test view's crop they were computed on); None = they cover each view's crop.
+    """
+
+    def __init__(self, num_clips, num_frames, generator, p=0.5, force=False, severity="medium",
+                 mode="center", saliency=None, saliency_box=None):
+        _check_options(severity, mode)
+        self.k, self.t = int(num_clips), int(num_frames)
+        self.generator = generator
+        self.severity, self.mode = severity, mode
+        self.saliency, self.saliency_box = saliency, saliency_box
+        draw = torch.rand((), generator=generator).item()  # drawn even when forced
+        self.applied = bool(force or draw < p)
+        self.labels = torch.zeros(self.k, dtype=torch.long)
+        self.run = None
+        self.plans = []  # one SRDPlan per painted view, in painting order
+        if self.applied:
+            self.run = _draw_run(generator, self.k)
+            self.labels[self.run[0]:self.run[0] + self.run[1]] = 1
+
+    def painter(self, size):
+        """A painter for one view whose crops are ``size x size``; None when SRD is off."""
+        return _ViewPainter(self, int(size)) if self.applied else None
+
+
+class _ViewPainter:
+    """Pastes one view's patch; clips must come in order from the run's first clip."""
+
+    def __init__(self, item, size):
+        self.item, self.size = item, size
+        self.start, self.length = item.run
+        self.patch = self.boxes = None
+
+    def clips(self):
+        return range(self.start, self.start + self.length)
+
+    def wants(self, clip_index):
+        return self.start <= clip_index < self.start + self.length
+
+    def paint(self, clip_index, crop, frame_box=None):
+        """``crop [T, 3, size, size]`` (clip ``clip_index`` of the view, uint8 or float in
+        [0, 1]) with the patch pasted: a new tensor, or ``crop`` itself off the run.
+
+        ``frame_box``: the frame region the crop covers (``(top, left, height, width)``,
+        frame pixels); only gradcam mode reads it, to map the masks into the crop.
+        """
+        if not self.wants(clip_index):
+            return crop
+        if tuple(crop.shape) != (self.item.t, 3, self.size, self.size):
+            raise ValueError(f"SRD painter for {self.size} px crops of {self.item.t} frames got "
+                             f"{tuple(crop.shape)}")
+        if self.patch is None:
+            if clip_index != self.start:
+                raise RuntimeError(f"SRD: clip {clip_index} painted before the run's first clip {self.start}")
+            self._plan(crop, frame_box)
+        out = crop.clone()
+        _, ph, pw = self.patch.shape
+        for frame, (x0, y0, _, _) in zip(out, self.boxes[clip_index].tolist()):
+            frame[:, y0:y0 + ph, x0:x0 + pw] = self.patch
+        return out
+
+    def _plan(self, crop, frame_box):
+        item, size = self.item, self.size
+        saliency = None
+        if item.mode == "gradcam" and item.saliency is not None:
+            saliency = saliency_in_crop(item.saliency[self.start], item.saliency_box, frame_box, size)
+        plan = plan_srd((item.k, item.t, 3, size, size), item.generator, severity=item.severity,
+                        mode=item.mode, saliency=saliency, run=item.run)
+        x0, y0, pw, ph = plan.box
+        self.patch = _render_patch(crop[0, :, y0:y0 + ph, x0:x0 + pw], plan, item.generator, crop)
+        self.boxes = trajectory_boxes(plan, item.k, item.t, size, size)
+        item.plans.append(plan)
 
 
 def srd_options_from_config(cfg) -> dict:

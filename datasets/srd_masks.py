@@ -1,4 +1,12 @@
-"""Grad-CAM saliency masks for SRD's gradcam mode: where they live and reading them."""
+"""Grad-CAM saliency masks for SRD's gradcam mode: where they live, reading them, and
+mapping them into the crop a training view keeps.
+
+gradcam.py runs the trained model on the train-as-test loader, whose test view is the
+centre crop (``datasets.transforms.CenterView``): a mask therefore covers that crop of the
+frame, at the model's input size. A training view sees another region (view 2's multi-scale
+crops), so :func:`saliency_in_crop` resamples a mask from the region it covers into the
+region a view keeps; pixels the mask does not cover read as not salient.
+"""
 from __future__ import annotations
 
 import functools
@@ -7,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from datasets.srd_ops import _warn_once
 from utils.errors import DataError
@@ -65,3 +74,36 @@ def load_saliency(gradcam_dir, video_path: str, frame_inds) -> torch.Tensor | No
     if any(m.shape != maps[0].shape for m in maps):
         raise DataError(f"Grad-CAM masks in {folder} differ in size; rerun gradcam.py")
     return torch.stack(maps).float() / 255.0
+
+
+def saliency_in_crop(saliency: torch.Tensor, mask_box, crop_box, size: int) -> torch.Tensor:
+    """Resample a mask covering frame region ``mask_box`` onto the ``size x size`` crop of
+    frame region ``crop_box``.
+
+    Args:
+        saliency: ``[h, w]`` float in [0, 1] (or uint8), any resolution.
+        mask_box, crop_box: ``(top, left, height, width)`` in frame pixels (a pixel ``r``
+            spans ``[r, r + 1)``), as ``CenterView.crop_box`` / ``MultiScaleCrop.frame_box``
+            give them. ``mask_box`` None: the mask covers the crop itself (plain resize).
+
+    Returns ``float [size, size]``: bilinear samples at the crop's pixel centres; 0 where the
+    crop reaches outside the mask's region. When both boxes are equal and the mask is
+    ``size x size`` the mask comes back unchanged up to float rounding (the samples fall
+    on its pixel centres).
+    """
+    sal = saliency.detach().float().cpu()
+    if saliency.dtype == torch.uint8:
+        sal = sal / 255.0
+    if mask_box is None:
+        mask_box = crop_box
+    top, left, height, width = (float(v) for v in crop_box)
+    m_top, m_left, m_height, m_width = (float(v) for v in mask_box)
+    centres = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+    ys = top + centres * height  # frame coordinates of the crop's pixel centres
+    xs = left + centres * width
+    gy = (2.0 * (ys - m_top) / m_height - 1.0).float()  # grid_sample units, align_corners=False
+    gx = (2.0 * (xs - m_left) / m_width - 1.0).float()
+    grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)
+    out = F.grid_sample(sal[None, None], grid[None], mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    return out[0, 0]
