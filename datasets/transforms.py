@@ -17,14 +17,35 @@ convert straight into their output buffer, saving a full-size copy per item).
 - three crops (TEST.NUM_CROP 3): short side resized to ``size``, three ``size`` crops along
   the long side (start, centre, end) -> ``[3, T, 3, size, size]``.
 
-Resizing and cropping are done in one resample (``resized_crop`` on the original frame),
-which is the same geometric mapping as resize-then-crop with one interpolation fewer.
+How the resampling is done is ``DATA.RESIZE``:
+
+- ``'antialias'``: each geometric step is one antialiased resample of the original frame
+  (``resized_crop``): the same mapping as resize-then-crop with one interpolation fewer, and
+  crop offsets rounded to the nearest pixel. View 2 runs its pixel ops on a crop smaller
+  than ``size x size`` before upsampling it (cheaper; the ops commute up to rounding).
+- ``'published'``: the published (mmaction/X-CLIP) steps: the frame is resized with
+  bilinear interpolation without antialiasing (half-pixel centres, as cv2's INTER_LINEAR)
+  to ``round(side * scale)`` (mmcv.rescale_size) and rounded to uint8, then cropped at
+  integer offsets (only the kept window of the resized frame is computed): centre crop at ``(h - size) // 2``, three crops at ``0, step, 2 * step``
+  with ``step = (long - size) // 2``, view 2's multi-scale crop at quarter steps
+  ``(side - crop) // 4`` (crop sides within 3 px of ``size`` snap to it) and resized to
+  ``size x size`` the same way before its pixel ops.
+
+``crop_box`` / ``frame_box`` give the region of the original frame a view's output covers
+(``(top, left, height, width)`` in frame pixels, a pixel ``r`` spanning ``[r, r + 1)``), so
+SRD and Grad-CAM masks can work in the coordinates of what the model sees.
 """
 import torch
+import torch.nn.functional as TF
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from utils.errors import ConfigError
+
 MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
+RESIZE_MODES = ("published", "antialias")
+SNAP_PX = 3  # mmaction's MultiScaleCrop: a crop side within 3 px of the input size becomes it
+_CHUNK_BYTES = 4 << 20  # float working set of one resize step: cache-sized (3x faster than 64 MB)
 
 
 def resize_short_side(size):
@@ -37,9 +58,79 @@ def to_unit_float(clip):
     return clip.to(torch.float32).div_(255.0)
 
 
+def check_resize_mode(mode, key="DATA.RESIZE"):
+    """``mode`` lower-cased if it is one of :data:`RESIZE_MODES`, else a ConfigError naming ``key``."""
+    text = str(mode).strip().lower()
+    if text not in RESIZE_MODES:
+        raise ConfigError(f"{key} must be one of {list(RESIZE_MODES)}, got {mode!r}")
+    return text
+
+
+def published_resized_size(h, w, short):
+    """(new_h, new_w) of mmcv.rescale_size with scale ``(inf, short)``: both sides times
+    ``short / min(h, w)``, rounded half up (``int(x + 0.5)``)."""
+    factor = short / min(h, w)
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+def _taps(out_len, in_len, first, count):
+    """Bilinear taps of output positions ``first .. first+count-1`` of an ``in_len -> out_len``
+    resize: (low source index, high source index, weight of the high one), as cv2's
+    INTER_LINEAR: ``src = (dst + 0.5) * in / out - 0.5``, below 0 clamped to 0, from the
+    last source pixel on the last pixel alone. Coordinates in float64, weights float32."""
+    src = (torch.arange(first, first + count, dtype=torch.float64) + 0.5) * (in_len / out_len) - 0.5
+    src = src.clamp_min_(0.0)
+    low = src.floor().long().clamp_max_(in_len - 1)
+    frac = torch.where(low >= in_len - 1, 0.0, src - low)
+    return low, (low + 1).clamp_max_(in_len - 1), frac.float()
+
+
+def resize_bilinear(frames, size, window=None):
+    """``uint8 [..., 3, h, w]`` resized to ``size`` (new_h, new_w) -> new ``uint8`` tensor.
+
+    Bilinear with half-pixel centres and no antialiasing (the arithmetic of cv2.resize with
+    INTER_LINEAR and of ``F.interpolate(mode='bilinear', align_corners=False,
+    antialias=False)``), rounded half up to uint8. ``window`` ``(top, left, height, width)``
+    computes only that part of the resized image (``[..., 3, height, width]``): a crop of
+    the resized frame costs what the crop costs, not what the whole frame costs (the
+    published pipeline resizes the whole 1080p frame and then keeps 224 x 224 of it).
+    Rows then columns, in float32, a few frames at a time (cache-sized chunks).
+    """
+    *lead, c, h, w = frames.shape
+    top, left, out_h, out_w = window if window is not None else (0, 0, *size)
+    y0, y1, fy = _taps(size[0], h, top, out_h)
+    x0, x1, fx = _taps(size[1], w, left, out_w)
+    fy = fy[:, None]
+    flat = frames.reshape(-1, c, h, w)
+    out = torch.empty((flat.shape[0], c, out_h, out_w), dtype=torch.uint8)
+    chunk = max(1, _CHUNK_BYTES // (c * out_h * w * 4 * 3))
+    for i in range(0, flat.shape[0], chunk):
+        part = flat[i:i + chunk]
+        rows = torch.lerp(part.index_select(-2, y0).to(torch.float32),
+                          part.index_select(-2, y1).to(torch.float32), fy)
+        value = torch.lerp(rows.index_select(-1, x0), rows.index_select(-1, x1), fx)
+        out[i:i + chunk] = value.add_(0.5).floor_().clamp_(0, 255)  # half up, as cv2
+    return out.view(*lead, c, out_h, out_w)
+
+
 def _crop_resize(clip, top, left, height, width, size):
     return F.resized_crop(clip, int(top), int(left), max(1, int(height)), max(1, int(width)),
                           [size, size], antialias=True)
+
+
+def _published_crop(clip, resized_hw, top, left, height, width, size):
+    """Integer crop ``(top, left, height, width)`` of the clip resized to ``resized_hw``,
+    resized to ``size x size`` when it is not (two roundings, as the published pipeline)."""
+    cut = resize_bilinear(clip, resized_hw, window=(top, left, height, width))
+    if (height, width) == (size, size):
+        return cut
+    return resize_bilinear(cut, (size, size))
+
+
+def _frame_box(h, w, new_h, new_w, top, left, height, width):
+    """A box on the frame resized to (new_h, new_w), in original frame pixels."""
+    sy, sx = h / new_h, w / new_w
+    return (top * sy, left * sx, height * sy, width * sx)
 
 
 class CenterView:
@@ -47,35 +138,62 @@ class CenterView:
 
     random = False  # same output for any clip batch: may be applied to many clips at once
 
-    def __init__(self, size):
+    def __init__(self, size, resize="antialias"):
         self.size = size
         self.short = resize_short_side(size)
+        self.resize = check_resize_mode(resize)
 
     def __call__(self, clip):
         return to_unit_float(self.apply_uint8(clip))
 
-    def apply_uint8(self, clip):
-        h, w = clip.shape[-2:]
+    def _published_offsets(self, h, w):
+        new_h, new_w = published_resized_size(h, w, self.short)
+        return new_h, new_w, (new_h - self.size) // 2, (new_w - self.size) // 2
+
+    def _antialias_box(self, h, w):
         scale = min(h, w) / self.short  # original pixels per resized pixel
         crop = self.size * scale
-        return _crop_resize(clip, round((h - crop) / 2), round((w - crop) / 2), round(crop), round(crop),
-                            self.size)
+        return round((h - crop) / 2), round((w - crop) / 2), round(crop), round(crop)
+
+    def crop_box(self, h, w):
+        """``(top, left, height, width)`` of the frame region the output covers, frame pixels."""
+        if self.resize == "published":
+            new_h, new_w, top, left = self._published_offsets(h, w)
+            return _frame_box(h, w, new_h, new_w, top, left, self.size, self.size)
+        return tuple(float(v) for v in self._antialias_box(h, w))
+
+    def apply_uint8(self, clip):
+        """``uint8 [..., 3, H, W]`` -> a new ``uint8 [..., 3, size, size]``."""
+        h, w = clip.shape[-2:]
+        if self.resize == "published":
+            new_h, new_w, top, left = self._published_offsets(h, w)
+            return resize_bilinear(clip, (new_h, new_w), window=(top, left, self.size, self.size))
+        return _crop_resize(clip, *self._antialias_box(h, w), self.size)
 
 
 class ThreeCropView:
     """TEST.NUM_CROP 3: short side to ``size``; three crops along the long side.
 
-    Returns ``float [3, T, 3, size, size]``.
+    Returns ``float [3, T, 3, size, size]`` (crops in order start, centre, end).
     """
 
-    def __init__(self, size):
+    def __init__(self, size, resize="antialias"):
         self.size = size
+        self.resize = check_resize_mode(resize)
 
     def __call__(self, clip):
         return to_unit_float(self.apply_uint8(clip))
 
     def apply_uint8(self, clip):
         h, w = clip.shape[-2:]
+        if self.resize == "published":
+            new_h, new_w = published_resized_size(h, w, self.size)
+            step = (max(new_h, new_w) - self.size) // 2
+            crops = []
+            for offset in (0, step, 2 * step):
+                top, left = (offset, 0) if new_h > new_w else (0, offset)
+                crops.append(resize_bilinear(clip, (new_h, new_w), window=(top, left, self.size, self.size)))
+            return torch.stack(crops)
         side = min(h, w)
         long_side = max(h, w)
         crops = []
@@ -88,32 +206,65 @@ class ThreeCropView:
 class MultiScaleCrop:
     """X-CLIP's MultiScaleCrop followed by a resize to ``size x size`` (uint8 in, uint8 out).
 
-    The crop is chosen on the frame resized to short side ``int(256/224*size)`` and then
-    mapped back to the original frame.
+    The crop is chosen on the frame resized to short side ``int(256/224*size)``. With
+    ``resize='antialias'`` it is mapped back to the original frame (float box) and cut and
+    resized in one resample; with ``'published'`` it is an integer box on the resized frame.
     """
 
-    def __init__(self, size, scales=MULTI_SCALES, max_scale_gap=1):
+    def __init__(self, size, scales=MULTI_SCALES, max_scale_gap=1, resize="antialias"):
         self.size = size
         self.short = resize_short_side(size)
         self.pairs = [(i, j) for i in range(len(scales)) for j in range(len(scales))
                       if abs(i - j) <= max_scale_gap]
         self.scales = scales
+        self.resize = check_resize_mode(resize)
+
+    def _draw(self):
+        """(scale pair, position) from torch's global RNG: the same two draws in both modes."""
+        i, j = self.pairs[int(torch.randint(len(self.pairs), ()))]
+        positions = ((0, 0), (0, 4), (4, 0), (4, 4), (2, 2))  # (row, col) in quarter steps
+        row, col = positions[int(torch.randint(len(positions), ()))]
+        return i, j, row, col
 
     def params(self, h, w):
-        """(top, left, height, width) in original pixels, drawn from torch's global RNG."""
+        """Draw a crop of an ``h x w`` frame.
+
+        antialias: ``(top, left, height, width)`` in original pixels (floats).
+        published: ``(top, left, height, width)`` integers on the resized frame.
+        """
+        i, j, row, col = self._draw()
+        if self.resize == "published":
+            new_h, new_w = published_resized_size(h, w, self.short)
+            base = min(new_h, new_w)
+            crop_w, crop_h = int(base * self.scales[i]), int(base * self.scales[j])
+            crop_w = self.size if abs(crop_w - self.size) < SNAP_PX else crop_w
+            crop_h = self.size if abs(crop_h - self.size) < SNAP_PX else crop_h
+            step_w, step_h = (new_w - crop_w) // 4, (new_h - crop_h) // 4
+            return row * step_h, col * step_w, crop_h, crop_w
         factor = min(h, w) / self.short
         rh, rw = h / factor, w / factor  # frame size after the short-side resize
         base = min(rh, rw)
-        i, j = self.pairs[int(torch.randint(len(self.pairs), ()))]
         crop_w, crop_h = int(base * self.scales[i]), int(base * self.scales[j])
         step_w, step_h = (rw - crop_w) / 4, (rh - crop_h) / 4
-        positions = ((0, 0), (0, 4), (4, 0), (4, 4), (2, 2))  # (row, col) in quarter steps
-        row, col = positions[int(torch.randint(len(positions), ()))]
         return (row * step_h * factor, col * step_w * factor, crop_h * factor, crop_w * factor)
 
+    def frame_box(self, h, w, params):
+        """The frame region (original pixels) that the crop of ``params`` covers."""
+        if self.resize == "published":
+            return _frame_box(h, w, *published_resized_size(h, w, self.short), *params)
+        top, left, height, width = (round(v) for v in params)
+        return (float(top), float(left), float(max(1, height)), float(max(1, width)))
+
+    def crop(self, clip, params):
+        """``uint8 [..., 3, H, W]`` -> new ``uint8 [..., 3, size, size]`` for drawn ``params``."""
+        if self.resize == "published":
+            h, w = clip.shape[-2:]
+            return _published_crop(clip, published_resized_size(h, w, self.short), *params, self.size)
+        top, left, height, width = (round(v) for v in params)
+        return _crop_resize(clip, top, left, height, width, self.size)
+
     def __call__(self, clip):
-        top, left, height, width = self.params(*clip.shape[-2:])
-        return _crop_resize(clip, round(top), round(left), round(height), round(width), self.size)
+        return self.crop(clip, self.params(*clip.shape[-2:]))
 
 
 class AugmentedView:
@@ -121,9 +272,11 @@ class AugmentedView:
 
     random = True  # one draw per call: call it once per clip
 
-    def __init__(self, size, color_jitter=0.8, gray_scale=0.2, randaug_ops=2, randaug_magnitude=10):
+    def __init__(self, size, color_jitter=0.8, gray_scale=0.2, randaug_ops=2, randaug_magnitude=10,
+                 resize="antialias"):
         self.size = size
-        self.crop = MultiScaleCrop(size)
+        self.resize = check_resize_mode(resize)
+        self.crop = MultiScaleCrop(size, resize=self.resize)
         self.pixel_ops = v2.Compose([
             v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)],
                            p=color_jitter),
@@ -134,17 +287,34 @@ class AugmentedView:
     def __call__(self, clip):
         return to_unit_float(self.apply_uint8(clip))
 
-    def apply_uint8(self, clip):
-        top, left, height, width = (round(v) for v in self.crop.params(*clip.shape[-2:]))
-        height, width = max(1, height), max(1, width)
-        if height * width >= self.size * self.size:
-            return self.pixel_ops(_crop_resize(clip, top, left, height, width, self.size))
-        # an upsampled crop (small source frames): the pixel ops run on the crop at its own
-        # resolution and the result is upsampled, ~(size^2 / crop area) times cheaper. The
-        # ops are per-pixel colour maps, histogram ops and geometric ops whose magnitudes
-        # are relative to the image size, so the order changes only rounding.
-        cut = self.pixel_ops(clip[..., top:top + height, left:left + width])
-        return F.resize(cut, [self.size, self.size], antialias=True)
+    def apply_uint8(self, clip, paint=None):
+        """``uint8 [T, 3, H, W]`` -> ``uint8 [T, 3, size, size]``.
+
+        ``paint(out, frame_box)``, when given, receives the finished ``uint8 [T, 3, size,
+        size]`` and the frame region the crop covers, and returns the output to use: SRD
+        pastes its patch there, after every augmentation, as the published code pastes on
+        the pipeline's output (so RandAugment's rotations and shifts cannot push the patch
+        out of view). The global RNG is drawn from identically with or without ``paint``.
+        """
+        h, w = clip.shape[-2:]
+        params = self.crop.params(h, w)
+        out = None
+        if self.resize == "antialias":
+            top, left, height, width = (round(v) for v in params)
+            height, width = max(1, height), max(1, width)
+            if height * width < self.size * self.size:
+                # an upsampled crop (small source frames): the pixel ops run on the crop at
+                # its own resolution and the result is upsampled, ~(size^2 / crop area)
+                # times cheaper. The ops are per-pixel colour maps, histogram ops and
+                # geometric ops whose magnitudes are relative to the image size, so the
+                # order changes only rounding.
+                cut = self.pixel_ops(clip[..., top:top + height, left:left + width])
+                out = F.resize(cut, [self.size, self.size], antialias=True)
+        if out is None:
+            out = self.pixel_ops(self.crop.crop(clip, params))
+        if paint is not None:
+            out = paint(out, self.crop.frame_box(h, w, params))
+        return out
 
 
 def num_train_views(cfg):
@@ -156,14 +326,20 @@ def num_train_views(cfg):
     return int(cfg.DATA.NUM_VIEWS) if cfg.TRAIN.USE_VIEW2 else 1
 
 
+def resize_mode(cfg):
+    """``DATA.RESIZE`` checked (``'antialias'`` for a config tree made before the key existed)."""
+    return check_resize_mode(cfg.DATA.get("RESIZE", "antialias"))
+
+
 def build_train_views(cfg):
     """The per-clip transforms of a training item, view 1 first (see :func:`num_train_views`)."""
-    size = cfg.DATA.INPUT_SIZE
-    views = [CenterView(size), AugmentedView(size, cfg.AUG.COLOR_JITTER, cfg.AUG.GRAY_SCALE)]
+    size, mode = cfg.DATA.INPUT_SIZE, resize_mode(cfg)
+    views = [CenterView(size, mode),
+             AugmentedView(size, cfg.AUG.COLOR_JITTER, cfg.AUG.GRAY_SCALE, resize=mode)]
     return views[:num_train_views(cfg)]
 
 
 def build_test_view(cfg):
     """The test transform: centre view, or three crops when ``TEST.NUM_CROP`` is 3."""
-    size = cfg.DATA.INPUT_SIZE
-    return ThreeCropView(size) if cfg.TEST.NUM_CROP == 3 else CenterView(size)
+    size, mode = cfg.DATA.INPUT_SIZE, resize_mode(cfg)
+    return ThreeCropView(size, mode) if cfg.TEST.NUM_CROP == 3 else CenterView(size, mode)

@@ -1,10 +1,14 @@
 """Map-style datasets over a list file: training items and test segments.
 
 ``TrainVideoDataset``: one item per video = K clips of T frames (datasets.sampling), read
-once (uint8), optionally given an SRD pseudo anomaly (normal videos, before the views so
-both views share it), then turned into A views -> ``imgs [A, K, T, 3, S, S]`` float in
-[0, 1]; A = DATA.NUM_VIEWS when TRAIN.USE_VIEW2, else 1 (view 2 is not built when training
-does not read it; see datasets.transforms.num_train_views).
+once (uint8), turned into A views -> ``imgs [A, K, T, 3, S, S]`` float in [0, 1]; A =
+DATA.NUM_VIEWS when TRAIN.USE_VIEW2, else 1 (view 2 is not built when training does not
+read it; see datasets.transforms.num_train_views). A normal video may carry an SRD pseudo
+anomaly (datasets.srd.ItemSRD): the run of clips is drawn once per item, and each view
+pastes its own patch on its finished S x S crops (view 2: after its colour and RandAugment
+ops), as the published code pastes on the output of each view's pipeline. So the patch's size, position and speed
+are relative to what the model sees, every clip labelled 1 (``pa_labels``) is visibly
+changed in every view, and clips labelled 0 equal the same item without SRD.
 
 ``SegmentDataset``: one item per test segment (test list, or the train list for pseudo
 labels) -> ``imgs [T, 3, S, S]`` (or ``[3, T, 3, S, S]`` with three crops); deterministic.
@@ -16,6 +20,7 @@ resumed at any epoch replays the same data. The epoch reaches the workers inside
 sampler's keys (``(index, epoch)``, see datasets.build), which works with persistent
 workers and prefetching alike. Plain integer keys mean epoch 0.
 """
+import functools
 import random
 from contextlib import contextmanager
 
@@ -26,7 +31,7 @@ from torch.utils.data import Dataset, get_worker_info
 from datasets.frames import open_video
 from datasets.lists import resolve_video_path
 from datasets.sampling import train_clip_indices, video_segments
-from datasets.transforms import build_test_view, build_train_views
+from datasets.transforms import CenterView, build_test_view, build_train_views, resize_mode
 from utils.errors import DataError
 
 # tags keep the per-item seed streams apart
@@ -134,12 +139,15 @@ class TrainVideoDataset(_ListDataset):
         self.pseudo_anomaly = bool(cfg.ADV_TRAIN.PSEUDO_ANOMALY)
         self.srd_options = {}
         self.gradcam_dir = ""
+        self.mask_view = None
         if self.pseudo_anomaly:
             from datasets import srd
 
             self.srd_options = srd.srd_options_from_config(cfg)
             if self.srd_options.get("mode") == "gradcam":
                 self.gradcam_dir = str(cfg.ADV_TRAIN.GRADCAM_DIR)
+                # gradcam.py computes its masks on the test view's centre crop
+                self.mask_view = CenterView(int(cfg.DATA.INPUT_SIZE), resize_mode(cfg))
 
     def __len__(self):
         return len(self.records)
@@ -155,12 +163,14 @@ class TrainVideoDataset(_ListDataset):
         frames, replaced = self.read_frames(vid, inds.reshape(-1))
         clips = frames.view(self.num_clips, self.num_frames, *frames.shape[1:])
 
+        item_srd = None
         pa_labels = torch.zeros(self.num_clips, dtype=torch.long)
         if self.pseudo_anomaly and not record.is_anomalous:
-            clips, pa_labels = self._apply_srd(vid, epoch, clips, inds)
+            item_srd = self._draw_srd(vid, epoch, inds, clips.shape[-2:])
+            pa_labels = item_srd.labels
 
         with seeded_global_rngs(self.item_seed(vid, epoch, _TAG_AUGMENT)):
-            imgs = self._views(clips)
+            imgs = self._views(clips, item_srd)
         return {
             "imgs": imgs,
             "label": torch.tensor(int(record.is_anomalous), dtype=torch.long),
@@ -172,28 +182,42 @@ class TrainVideoDataset(_ListDataset):
             "replaced_frames": torch.tensor(replaced, dtype=torch.long),
         }
 
-    def _apply_srd(self, vid, epoch, clips, inds):
-        """SRD on the decoded uint8 clips ``[K, T, 3, H, W]`` with the item's own generator."""
+    def _draw_srd(self, vid, epoch, inds, frame_hw):
+        """The item's :class:`datasets.srd.ItemSRD`, from its own generator (and masks)."""
         from datasets import srd
 
         generator = torch.Generator().manual_seed(self.item_seed(vid, epoch, _TAG_SRD))
-        saliency = None
+        saliency = mask_box = None
         if self.gradcam_dir:
             saliency = srd.load_saliency(self.gradcam_dir, self.records[vid].path, inds)
-        clips, pa_labels, _ = srd.apply_srd(clips, generator, saliency=saliency, **self.srd_options)
-        return clips, pa_labels.to(torch.long)
+            mask_box = self.mask_view.crop_box(*frame_hw)
+        return srd.ItemSRD(self.num_clips, self.num_frames, generator, saliency=saliency,
+                           saliency_box=mask_box, **self.srd_options)
 
-    def _views(self, clips):
-        """``float [A, K, T, 3, S, S]`` in [0, 1]: each view converted straight into the output."""
+    def _views(self, clips, item_srd=None):
+        """``float [A, K, T, 3, S, S]`` in [0, 1] from ``uint8 clips [K, T, 3, H, W]``.
+
+        Each view is converted straight into the output. With ``item_srd`` every view pastes
+        its SRD patch on its finished uint8 crops of the run's clips; the others are the
+        same as without SRD.
+        """
         k, t = clips.shape[:2]
+        h, w = clips.shape[-2:]
         size = self.views[0].size
         imgs = torch.empty((len(self.views), k, t, 3, size, size), dtype=torch.float32)
         for out, view in zip(imgs, self.views):
+            painter = item_srd.painter(size) if item_srd is not None else None
             if view.random:  # one draw per clip
-                for out_clip, clip in zip(out, clips):
-                    out_clip.copy_(view.apply_uint8(clip))
+                for c, (out_clip, clip) in enumerate(zip(out, clips)):
+                    paint = functools.partial(painter.paint, c) if painter and painter.wants(c) else None
+                    out_clip.copy_(view.apply_uint8(clip, paint=paint))
             else:
-                out.view(k * t, 3, size, size).copy_(view.apply_uint8(clips.reshape(k * t, *clips.shape[2:])))
+                crops = view.apply_uint8(clips.reshape(k * t, *clips.shape[2:])).view(k, t, 3, size, size)
+                out.copy_(crops)
+                if painter is not None:
+                    box = view.crop_box(h, w)
+                    for c in painter.clips():
+                        out[c].copy_(painter.paint(c, crops[c], box))
         return imgs.div_(255.0)
 
 

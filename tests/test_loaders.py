@@ -184,29 +184,32 @@ def test_train_list_start_column_and_one_based_folder(tmp_path):
     assert np.array_equal(decoded_indices(item["imgs"][0]), item["frame_inds"].numpy() + 4)
 
 
-def test_srd_hook_runs_on_normal_videos_before_the_views(data, monkeypatch):
+def test_srd_runs_on_normal_videos_inside_every_view(data, monkeypatch):
     from datasets import srd
 
-    calls = []
+    seeds = []
+    real_item_srd = srd.ItemSRD
 
-    def fake_apply_srd(clips, generator, p=0.5, force=False, severity="medium", mode="center", saliency=None):
-        assert clips.dtype == torch.uint8 and clips.shape[:2] == (4, 3)
-        calls.append(generator.initial_seed())
-        clips = clips.clone()
-        clips[1:3] = 0  # "distort" clips 1-2 completely
-        labels = torch.tensor([0, 1, 1, 0])
-        return clips, labels, torch.zeros(4, 3, 4, dtype=torch.long)
+    def spy(num_clips, num_frames, generator, **options):
+        seeds.append(generator.initial_seed())
+        return real_item_srd(num_clips, num_frames, generator, **options)
 
-    monkeypatch.setattr(srd, "apply_srd", fake_apply_srd)
-    dataset = _train_dataset(data, **{"ADV_TRAIN.PSEUDO_ANOMALY": True})
+    monkeypatch.setattr(srd, "ItemSRD", spy)
+    dataset = _train_dataset(data, **{"ADV_TRAIN.PSEUDO_ANOMALY": True, "ADV_TRAIN.SRD_PROB": 1.0})
+    plain = _train_dataset(data)
     normal, anomalous = dataset[(0, 0)], dataset[(1, 0)]
-    assert len(calls) == 1  # only the normal video
-    assert normal["pa_labels"].tolist() == [0, 1, 1, 0] and bool(normal["srd_applied"])
+    assert len(seeds) == 1  # only the normal video
+    labels = normal["pa_labels"]
+    assert labels.any() and bool(normal["srd_applied"])
     assert not anomalous["pa_labels"].any() and not bool(anomalous["srd_applied"])
-    # both views carry the distortion: it happened before the views
-    assert normal["imgs"][:, 1:3].max() < 0.05 and normal["imgs"][0, 0].mean() > 0.05
+    assert torch.equal(anomalous["imgs"], plain[(1, 0)]["imgs"])
+    # clips off the run are exactly the item without SRD, in both views
+    reference = plain[(0, 0)]["imgs"]
+    off = labels == 0
+    assert torch.equal(normal["imgs"][:, off], reference[:, off])
+    assert not torch.equal(normal["imgs"][:, ~off], reference[:, ~off])
     dataset[(0, 0)], dataset[(0, 1)], dataset[(2, 0)]
-    assert calls[0] == calls[1] and len(set(calls[1:])) == 3  # seeded by (epoch, video)
+    assert seeds[0] == seeds[1] and len(set(seeds[1:])) == 3  # seeded by (epoch, video)
 
 
 def test_real_srd_marks_normal_videos(data):

@@ -43,6 +43,7 @@ _CHOICES = {
     ("ROBUSTNESS", "ATTACK"): ("pgd", "apgd-ce", "apgd-margin", "square", "transfer"),
     ("ROBUSTNESS", "SWEEP_ATTACK"): ("", "pgd", "apgd-ce", "apgd-margin", "square", "transfer"),
     ("ROBUSTNESS", "TRANSFER_ATTACK"): ("pgd", "apgd-ce", "apgd-margin"),
+    ("DATA", "RESIZE"): ("published", "antialias"),
 }
 # Keys that existed once and were never read: setting one is an error that says what to do.
 REMOVED_KEYS = {
@@ -74,7 +75,7 @@ def _defaults():
             "NUM_CLASSES": 2, "LABEL_LIST": "configs/labels_2.csv", "FILENAME_TMPL": "img_{:08}.jpg",
             "NUM_WORKERS": 2, "PIN_MEMORY": True, "PERSISTENT_WORKERS": False, "PREFETCH_FACTOR": 2,
             "NUM_VIEWS": 2, "COUNT_START_ZERO": False, "REPLACE_BAD_FRAMES": False,
-            "ALLOW_OUTSIDE_ROOT": False,
+            "ALLOW_OUTSIDE_ROOT": False, "RESIZE": "antialias",
         },
         "MODEL": {
             "ARCH": "ViT-B/32", "DROP_PATH_RATE": 0.0, "PRETRAINED": None, "RESUME": None,
