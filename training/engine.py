@@ -18,20 +18,12 @@ import numpy as np
 import torch
 
 from evaluation.metrics import choose_threshold
-from evaluation.scoring import evaluate
+from evaluation.scoring import evaluate, model_device
 from utils import dist
 from utils.errors import TrainingError
 
 
 # ----------------------------------------------------------------------------- helpers
-def unwrap(model):
-    return dist.unwrap_model(model)
-
-
-def model_device(model) -> torch.device:
-    return next(unwrap(model).parameters()).device
-
-
 def progress(iterable=None, **kwargs):
     """A tqdm bar on rank 0 only (ETA and rate come with it)."""
     from utils.logger import progress as rank_progress
@@ -128,7 +120,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state
         done_here += 1
         if micro.last:
             if cfg.TRAIN.CLIP_GRAD > 0:
-                torch.nn.utils.clip_grad_norm_(unwrap(model).parameters(), cfg.TRAIN.CLIP_GRAD)
+                torch.nn.utils.clip_grad_norm_(dist.unwrap_model(model).parameters(), cfg.TRAIN.CLIP_GRAD)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
