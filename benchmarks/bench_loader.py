@@ -40,8 +40,38 @@ def _args():
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1, help="torch threads of this process (workers use 1)")
     p.add_argument("--srd", action="store_true", help="turn on SRD pseudo anomalies (ADV_TRAIN.PSEUDO_ANOMALY)")
+    p.add_argument("--frame-size", default="", metavar="WxH",
+                   help="write JPEG folders of this size (e.g. 856x480 as ShanghaiTech, 320x240 as UCF-Crime) "
+                        "instead of the synthetic dataset")
+    p.add_argument("--videos", type=int, default=8, help="videos of --frame-size folders")
+    p.add_argument("--video-frames", type=int, default=120, help="frames per --frame-size video")
     p.add_argument("--json", default="", help="also write the results here")
     return p.parse_args()
+
+
+def _write_sized_dataset(root, width, height, videos, frames):
+    """JPEG folders of ``width x height`` frames that compress like camera frames: a smooth
+    random scene (bilinearly upsampled low-resolution noise) with a moving bright block and
+    mild sensor noise, quality 90. Returns (train list, description)."""
+    import torch.nn.functional as F
+    from torchvision.io import encode_jpeg
+
+    gen = torch.Generator().manual_seed(0)
+    lines = []
+    for v in range(videos):
+        folder = root / "frames" / f"v{v:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        scene = torch.rand(1, 3, max(2, height // 24), max(2, width // 24), generator=gen)
+        scene = F.interpolate(scene, size=(height, width), mode="bilinear", align_corners=False)[0]
+        for i in range(frames):
+            img = scene + 0.03 * torch.randn(3, height, width, generator=gen)
+            x = (i * 7) % max(1, width - width // 8)
+            img[:, height // 3:height // 3 + height // 8, x:x + width // 8] = 0.95
+            img = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+            (folder / f"img_{i:08}.jpg").write_bytes(encode_jpeg(img, quality=90).numpy().tobytes())
+        lines.append(f"frames/v{v:03d} 0 {frames} {v % 2}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return root / "train.txt", f"{videos} JPEG folders of {frames} {width}x{height} frames written by the benchmark"
 
 
 def _write_plain_dataset(root, videos=12, frames=48, size=64):
@@ -62,6 +92,12 @@ def _write_plain_dataset(root, videos=12, frames=48, size=64):
 
 
 def _dataset(args, tmp):
+    if args.frame_size:
+        width, height = (int(v) for v in args.frame_size.lower().split("x"))
+        root = Path(tmp) / f"frames_{width}x{height}"
+        root.mkdir(parents=True)
+        train, what = _write_sized_dataset(root, width, height, args.videos, args.video_frames)
+        return root, train, what
     if args.data:
         root = Path(args.data)
         return root, root / "train.txt", f"synthetic dataset at {root}"
