@@ -131,7 +131,7 @@ def _keep_previous(folder, tag):
     if not verify_checkpoint(base)[0]:
         return
     previous = f"{tag}.previous"
-    manifest = json.loads(base.with_name(tag + ".manifest.json").read_text())
+    manifest = read_manifest(base.with_name(tag + ".manifest.json"), tag)
     (folder / f"{previous}.manifest.json").unlink(missing_ok=True)  # invalid while relinked
     linked = {}
     for name, entry in manifest["files"].items():
@@ -208,17 +208,56 @@ def checkpoint_file(path, suffix: str) -> Path:
     return base.with_name(base.name + suffix)
 
 
+def read_manifest(manifest_path, tag):
+    """The manifest of checkpoint ``tag``, validated before any path is built from it.
+
+    Its ``files`` must name exactly the checkpoint's own files (``{tag}.safetensors``,
+    ``{tag}.state.pt``, ``{tag}.yaml``: plain names in the manifest's folder, no path
+    separators, ``..`` or absolute paths), each with an integer ``size`` and a hex
+    ``sha256``; ``epoch`` and ``step`` are integers. None of the files may be a symbolic
+    link. Anything else raises CheckpointError naming the manifest, so an edited manifest
+    can never make a run read, link or delete a file outside its checkpoint folder.
+    """
+    manifest_path = Path(manifest_path)
+    where = f"checkpoint manifest {manifest_path}"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{where} is unreadable: {err}") from err
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{where} is not a JSON object; delete the checkpoint or restore it")
+    for key in ("epoch", "step"):
+        if not isinstance(manifest.get(key), int) or isinstance(manifest.get(key), bool) or manifest[key] < 0:
+            raise CheckpointError(f"{where}: '{key}' must be a non-negative integer, got {manifest.get(key)!r}")
+    files = manifest.get("files")
+    expected_names = {f"{tag}{suffix}" for suffix in (".safetensors", ".state.pt", ".yaml")}
+    if not isinstance(files, dict) or set(files) != expected_names:
+        names = sorted(files) if isinstance(files, dict) else files
+        raise CheckpointError(f"{where}: 'files' must name exactly {sorted(expected_names)} (in the manifest's "
+                              f"folder), got {names!r}; the manifest was edited or belongs to another checkpoint")
+    for name, entry in files.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("size"), int) and not isinstance(entry["size"], bool)
+                and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
+                and all(c in "0123456789abcdef" for c in entry["sha256"])):
+            raise CheckpointError(f"{where}: the entry of {name} needs an integer 'size' and a 64-digit hex "
+                                  f"'sha256', got {entry!r}")
+        file = manifest_path.parent / name
+        if file.is_symlink():
+            raise CheckpointError(f"{where}: {file} is a symbolic link; checkpoint files must be plain files "
+                                  "inside the checkpoint folder")
+    return manifest
+
+
 def verify_checkpoint(path):
-    """``(ok, problem)``: whether the checkpoint's files exist and match its manifest."""
+    """``(ok, problem)``: whether the checkpoint's files exist and match its (validated) manifest."""
     base = checkpoint_base(path)
     manifest_path = checkpoint_file(base, ".manifest.json")
     if not manifest_path.is_file():
         return False, f"{manifest_path} is missing (the save did not finish)"
     try:
-        manifest = json.loads(manifest_path.read_text())
-        entries = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return False, f"{manifest_path} is unreadable: {err}"
+        entries = read_manifest(manifest_path, base.name)["files"]
+    except CheckpointError as err:
+        return False, str(err)
     for name, expected in entries.items():
         file = base.parent / name
         if not file.is_file():
@@ -249,7 +288,7 @@ def list_checkpoints(output_dir):
         if not ok:
             logger.warning(f"skipping checkpoint '{tag}': {problem}")
             continue
-        manifest = json.loads(base.with_name(tag + ".manifest.json").read_text())
+        manifest = read_manifest(base.with_name(tag + ".manifest.json"), tag)
         found.append((manifest, str(base.with_name(tag + ".safetensors"))))
     return found
 
