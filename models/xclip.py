@@ -272,7 +272,22 @@ def load_weights_strict(model: XCLIP, state_dict: dict) -> None:
     if problems:
         raise CheckpointError("checkpoint does not match the X-CLIP architecture: "
                               + "; ".join(problems))
+    check_weight_values(state_dict, expected)
     model.load_state_dict(state_dict, strict=False)
+
+
+def check_weight_values(state_dict: dict, expected: dict) -> None:
+    """Refuse weights that would load silently but score nonsense: integer or bool tensors
+    for floating-point parameters (load_state_dict would cast them) and NaN/Inf values."""
+    wrong_type = [f"{k} ({v.dtype})" for k, v in state_dict.items()
+                  if k in expected and expected[k].is_floating_point() and not v.is_floating_point()]
+    if wrong_type:
+        raise CheckpointError(f"checkpoint holds integer/bool tensors for floating-point weights: {wrong_type[:10]}"
+                              " (a damaged or converted file); use the original checkpoint")
+    nonfinite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise CheckpointError(f"checkpoint holds NaN/Inf values in {len(nonfinite)} tensor(s), e.g. {nonfinite[:5]} "
+                              "(a training run that diverged?); use an earlier checkpoint")
 
 
 def build_model(state_dict: dict | None, arch: dict, T: int = 8, droppath: float = 0.0,
