@@ -29,7 +29,7 @@ from utils.io import atomic_path, atomic_write_json
 RUN_MODE_KEYS = {
     "OUTPUT", "LOCAL_RANK", "PRINT_FREQ", "TEST.ONLY_TEST", "TEST.BATCH_SIZE", "MODEL.RESUME",
     "TRAIN.AUTO_RESUME", "DATA.NUM_WORKERS", "DATA.PIN_MEMORY", "DATA.PERSISTENT_WORKERS",
-    "DATA.PREFETCH_FACTOR", "ATTACK.BATCH_SIZE",
+    "DATA.PREFETCH_FACTOR", "ATTACK.BATCH_SIZE", "TRAIN.TENSORBOARD",
 }
 # Files whose presence marks a folder as holding results.
 RESULT_FILES = ("results.json", "scores.npz", "pseudo_labels.json")
@@ -296,6 +296,21 @@ def write_plots(stage: Stage, evals: dict, title: str) -> list:
     return paths
 
 
+def write_training_plot(stage: Stage):
+    """OUTPUT/plots/training.png from OUTPUT/metrics.csv (rank 0); its path, or None."""
+    if not stage.is_main:
+        return None
+    from training.scalars import CSV_NAME, read_metrics
+    from utils import plots
+
+    rows = read_metrics(stage.output / CSV_NAME)
+    if not rows:
+        return None
+    path = plots.plot_training(stage.output / "plots" / "training.png", rows, title=f"{stage.name}: {stage.output}")
+    stage.logger.info(f"wrote {path} (curves of {stage.output / CSV_NAME})")
+    return path
+
+
 def weights_to_test(stage: Stage):
     """The checkpoint an evaluation stage scores: MODEL.RESUME, else MODEL.PRETRAINED."""
     weights = stage.cfg.MODEL.RESUME or stage.cfg.MODEL.PRETRAINED
@@ -312,16 +327,23 @@ def report_evaluation(stage: Stage, result: dict, weights, key="test") -> dict:
     threshold = choose_threshold(result["eval"])
     write_scores(stage, {"clean": result["videos"]}, {"clean": result["eval"]})
     plot_paths = write_plots(stage, {"clean": result["eval"]}, title=f"{stage.name}: {weights or 'random weights'}")
+    from training.scalars import log_evaluation
+
     results = {key: result["metrics"], "threshold": threshold, "checkpoint": weights,
-               "segments_per_s": result["segments_per_s"], "plots": [str(p) for p in plot_paths]}
+               "segments_per_s": result["segments_per_s"], "plots": [str(p) for p in plot_paths],
+               "scalars": log_evaluation(stage, result["metrics"])}
     write_results(stage, results)
     return results
 
 
 def report_training(stage: Stage, summary: dict, best_result) -> dict:
-    """results.json of a training stage: best/last metrics, threshold, history, checkpoint."""
+    """results.json of a training stage: best/last metrics, threshold, history, checkpoint;
+    plots/ of the best evaluation and plots/training.png (the curves of metrics.csv)."""
     if best_result is not None:
         write_plots(stage, {"clean": best_result["eval"]}, title=f"{stage.name}: best epoch {summary['best']['epoch']}")
+    curves = write_training_plot(stage)
+    if curves is not None:
+        summary = {**summary, "plots": {"training": str(curves)}}
     write_results(stage, summary)
     return summary
 

@@ -85,7 +85,7 @@ def _defaults():
             "ACCUMULATION_STEPS": 1, "LR_SCHEDULER": "cosine", "OPTIMIZER": "adamw",
             "AUTO_RESUME": False, "USE_CHECKPOINT": False, "AMP": "none", "CLIP_GRAD": 0.0,
             "USE_VIEW2": False, "W_SMOOTH": W_SMOOTH_DEFAULT, "W_SPARSE": W_SPARSE_DEFAULT,
-            "MIL_DETACH_WEIGHT": False,
+            "MIL_DETACH_WEIGHT": False, "TENSORBOARD": True,
         },
         "ADV_TRAIN": {
             "EPS": 2.0, "LOSS": "mil", "PSEUDO_LABEL": False, "PSEUDO_ANOMALY": False,
