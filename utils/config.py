@@ -38,6 +38,8 @@ _CHOICES = {
     ("ADV_TRAIN", "SRD_MODE"): ("center", "gradcam"),
     ("ADV_TRAIN", "SRD_SEVERITY"): ("light", "medium", "heavy"),
     ("TEST", "NUM_CROP"): (1, 3),
+    # the presets of datasets.synthetic.DATASET_PRESETS ('' = none)
+    ("DATA", "SYNTHETIC_PRESET"): ("", "small", "default", "large"),
     # the names of attacks.registry.ATTACKS (utils/ imports nothing above it)
     ("ROBUSTNESS", "ATTACK"): ("pgd", "apgd-ce", "apgd-margin", "square", "transfer"),
     ("ROBUSTNESS", "SWEEP_ATTACK"): ("", "pgd", "apgd-ce", "apgd-margin", "square", "transfer"),
@@ -73,7 +75,7 @@ def _defaults():
             "NUM_CLASSES": 2, "LABEL_LIST": "configs/labels_2.csv", "FILENAME_TMPL": "img_{:08}.jpg",
             "NUM_WORKERS": 2, "PIN_MEMORY": True, "PERSISTENT_WORKERS": False, "PREFETCH_FACTOR": 2,
             "NUM_VIEWS": 2, "COUNT_START_ZERO": False, "REPLACE_BAD_FRAMES": False,
-            "ALLOW_OUTSIDE_ROOT": False,
+            "ALLOW_OUTSIDE_ROOT": False, "SYNTHETIC_PRESET": "",
         },
         "MODEL": {
             "ARCH": "ViT-B/32", "DROP_PATH_RATE": 0.0, "PRETRAINED": None, "RESUME": None,
