@@ -14,12 +14,15 @@ sanity checks against gradient masking, robustness.md; --report-models NAME=CKPT
 several checkpoints side by side).
 """
 from utils.config import build_arg_parser
+from utils.flags import warn_ignored
 
 
 def parse_args(argv=None):
     from evaluation.robustness import add_robustness_args
 
-    parser = build_arg_parser("FrameShield stage 3: attack evaluation")
+    # reads no training flag; the published commands' --batch-size/--accumulation-steps are accepted, ignored
+    parser = build_arg_parser("FrameShield stage 3: attack evaluation", groups=("resume",),
+                              compat=("--batch-size", "--accumulation-steps"))
     add_robustness_args(parser)
     return parser.parse_args(argv)
 
@@ -36,6 +39,7 @@ def main(argv=None) -> int:
     from utils import dist
 
     stage = stages.setup_stage("attack", args)
+    warn_ignored(args, "main_attack.py", stage.logger)
     cfg = stage.cfg
     try:
         tokens = stages.text_tokens(stage)

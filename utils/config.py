@@ -8,7 +8,7 @@ is accepted for a number key when it parses as one). ``docs/CONFIG.md`` lists ev
 
 Public API::
 
-    build_arg_parser(description) -> argparse.ArgumentParser
+    build_arg_parser(description, groups) -> argparse.ArgumentParser   # utils/flags.py
     get_config(args) -> CfgNode                   # frozen
     load_config_file(path) -> CfgNode             # defaults <- YAML only, frozen
     get_default_config() -> CfgNode               # defaults only, not frozen
@@ -27,6 +27,7 @@ import yaml
 from yacs.config import CfgNode
 
 from utils.errors import ConfigError
+from utils.flags import FlagDefault, build_arg_parser  # noqa: F401 (build_arg_parser: the stages' parser)
 from utils.io import atomic_write_text
 
 # Keys whose default is None accept None or a string; these strings mean None too.
@@ -318,35 +319,6 @@ def load_config_file(path):
 
 
 # ---------------------------------------------------------------- command line
-class _FlagDefault(float):
-    """A float default that get_config can tell apart from the same value typed by the user."""
-
-
-def build_arg_parser(description="FrameShield"):
-    """The flags every stage script accepts; scripts may add their own before parsing."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("-cfg", "--config", required=True, metavar="FILE", help="YAML config file")
-    parser.add_argument("--opts", nargs="+", default=None, metavar="KEY VALUE",
-                        help="override config keys: --opts TRAIN.LR 1e-5 DATA.NUM_WORKERS 0")
-    parser.add_argument("--output", default=None, help="output folder (sets OUTPUT)")
-    parser.add_argument("--resume", default=None, help="checkpoint to resume from (sets MODEL.RESUME)")
-    parser.add_argument("--pretrained", default=None, help="pretrained weights (sets MODEL.PRETRAINED)")
-    parser.add_argument("--only_test", action="store_true", help="evaluate only (sets TEST.ONLY_TEST)")
-    parser.add_argument("--batch-size", type=int, default=None, help="sets TRAIN.BATCH_SIZE")
-    parser.add_argument("--accumulation-steps", type=int, default=None, help="sets TRAIN.ACCUMULATION_STEPS")
-    parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=-1,
-                        help="local rank (the LOCAL_RANK environment variable, set by torchrun, wins)")
-    parser.add_argument("--w-smooth", type=float, default=_FlagDefault(W_SMOOTH_DEFAULT),
-                        help="smoothness loss weight; sets TRAIN.W_SMOOTH only when given "
-                             f"(default: the config's value, {W_SMOOTH_DEFAULT} unless changed)")
-    parser.add_argument("--w-sparse", type=float, default=_FlagDefault(W_SPARSE_DEFAULT),
-                        help="sparsity loss weight; sets TRAIN.W_SPARSE only when given "
-                             f"(default: the config's value, {W_SPARSE_DEFAULT} unless changed)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="allow writing into an output folder that holds another run's results")
-    return parser
-
-
 def resolve_local_rank(args=None):
     """LOCAL_RANK from the environment (torchrun) if set, else ``args.local_rank``, else -1."""
     env = os.environ.get("LOCAL_RANK")
@@ -359,7 +331,7 @@ def resolve_local_rank(args=None):
 
 
 def _given(value):
-    return value is not None and not isinstance(value, _FlagDefault)
+    return value is not None and not isinstance(value, FlagDefault)
 
 
 def apply_flags(cfg, args, flag_values):
