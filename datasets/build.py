@@ -125,13 +125,14 @@ def synthetic_command(root, preset):
     return f"python -m datasets.synthetic --out {root} --preset {preset}"
 
 
-def ensure_synthetic_data(cfg, dist_info=None):
+def ensure_synthetic_data(cfg, dist_info=None, needed=None):
     """Make the embedded synthetic dataset at DATA.ROOT when DATA.SYNTHETIC_PRESET is set and
     DATA.TRAIN_FILE or DATA.VAL_FILE is missing (rank 0; every rank then meets at a barrier).
-    Without the key, a missing list file in a folder named ``synthetic*`` is a ListFileError
-    that names the command making it."""
+    Without the key, a missing list file is a ListFileError that says where lists come from
+    (in a folder named ``synthetic*``: the command that makes it)."""
     preset, root = cfg.DATA.SYNTHETIC_PRESET, cfg.DATA.ROOT
-    missing = [f for f in (cfg.DATA.TRAIN_FILE, cfg.DATA.VAL_FILE) if f and not Path(f).is_file()]
+    needed = (cfg.DATA.TRAIN_FILE, cfg.DATA.VAL_FILE) if needed is None else needed
+    missing = [f for f in needed if f and not Path(f).is_file()]
     if not preset:
         name = Path(root).name if root else ""
         if missing and name.startswith("synthetic"):
@@ -140,6 +141,12 @@ def ensure_synthetic_data(cfg, dist_info=None):
                 f"list file not found: {missing[0]}; {root} is meant for the embedded synthetic dataset: make it "
                 f"with `{synthetic_command(root, guess)}` (or set DATA.SYNTHETIC_PRESET {guess} and the stages "
                 "make it themselves)")
+        if missing:
+            raise ListFileError(
+                f"list file not found: {missing[0]} (DATA.TRAIN_FILE / DATA.VAL_FILE; relative paths start from the "
+                "folder you run in). The benchmark list files are not shipped: take the published ones (README "
+                "'Datasets' says where, per benchmark) or make them from your frames with `python -m "
+                "datasets.make_lists --root DATA.ROOT --videos ... --gt ... --out-train ... --out-test ...`")
         return
     _, rank, _ = _process_group(dist_info)
     if missing and rank == 0:
@@ -161,7 +168,7 @@ def build_train_loader(cfg, dist_info=None):
     TRAIN.USE_VIEW2, else 1), label [B], vid [B], path,
     frame_inds [B, K, T], pa_labels [B, K], srd_applied [B], replaced_frames [B].
     """
-    ensure_synthetic_data(cfg, dist_info)
+    ensure_synthetic_data(cfg, dist_info, needed=(cfg.DATA.TRAIN_FILE,))
     distributed, rank, world = _process_group(dist_info)
     records = parse_list_file(cfg.DATA.TRAIN_FILE, kind="train")
     dataset = TrainVideoDataset(records, cfg, list_file=cfg.DATA.TRAIN_FILE, rank=rank)
@@ -174,7 +181,7 @@ def build_train_loader(cfg, dist_info=None):
 
 
 def _segment_loader(cfg, list_file, kind, dist_info):
-    ensure_synthetic_data(cfg, dist_info)
+    ensure_synthetic_data(cfg, dist_info, needed=(list_file,))
     distributed, rank, world = _process_group(dist_info)
     records = parse_list_file(list_file, kind=kind)
     dataset = SegmentDataset(records, cfg, list_file=list_file, rank=rank)

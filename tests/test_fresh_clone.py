@@ -49,3 +49,18 @@ def test_missing_data_without_the_key_names_the_command_and_the_retry_proceeds(c
     # ... yet the folder holds no run: the corrected command (another config) proceeds
     assert promptmil_main.main(["-cfg", CI, "--output", "out", "--opts", "DATA.NUM_CLIPS", "2"]) == 0
     assert (clone / "out" / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_runner_defaults_that_are_missing_say_where_they_come_from(clone):
+    """The runners' defaults: the Kinetics-400 backbone, the benchmark lists, earlier stages' checkpoints."""
+    from utils.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"k400_16_8\.pth is X-CLIP ViT-B/16.*"
+                                              r"github\.com/nbl97/X-CLIP_Model_Zoo/releases/download/v1\.0/k400_16_8\.pth"):
+        promptmil_main.main(["-cfg", CI, "--output", "w", "--pretrained", "weights/k400_16_8.pth",
+                             "--opts", "DATA.NUM_CLIPS", "2"])
+    best = "output/shanghai/advtrain/checkpoints/best.safetensors"
+    with pytest.raises(CheckpointError, match=r"written by the training stage run with --output output/shanghai/advtrain"):
+        promptmil_main.main(["-cfg", CI, "--output", "t", "--only_test", "--pretrained", best])
+    with pytest.raises(ListFileError, match=r"SHANGHAI_(train|test)\.txt.*README 'Datasets'.*python -m datasets\.make_lists"):
+        promptmil_main.main(["-cfg", "configs/shanghai/shanghai_server.yaml", "--output", "s"])
