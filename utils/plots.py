@@ -126,7 +126,7 @@ def plot_training(path, rows, title=""):
         values = [r.get(key) for r in train]
         loss_axes.plot(steps, [np.nan if v is None else v for v in values], label=key[5:],
                        linewidth=2 if key == "loss_total" else 1)
-    loss_axes.set(xlabel="optimizer step", ylabel="loss", title="loss parts")
+    loss_axes.set(xlabel="optimizer step", ylabel="loss", title="loss parts (unweighted)")
     if parts:
         loss_axes.legend(fontsize="small")
     lr_axes.plot(steps, [r.get("lr") for r in train], color="tab:green")
