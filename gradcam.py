@@ -30,7 +30,7 @@ def normal_videos_loader(loader):
 
 
 def main(argv=None) -> int:
-    args = build_arg_parser("FrameShield: Grad-CAM masks for SRD's gradcam mode").parse_args(argv)
+    args = build_arg_parser("FrameShield: Grad-CAM masks for SRD's gradcam mode", groups=()).parse_args(argv)
     from datasets.build import build_train_as_test_loader
     from utils import dist
     from utils.logger import progress

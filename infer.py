@@ -32,7 +32,8 @@ def build_parser():
     parser.add_argument("--merge-gap", type=float, default=0.0, metavar="S",
                         help="merge detected intervals at most S seconds apart (default 0)")
     parser.add_argument("--attack", action="store_true",
-                        help="also score the video attacked with PGD toward 'all normal' (ATTACK.* settings)")
+                        help="also score the video attacked with PGD toward 'all normal': the published stage-3 "
+                             "attack (PGD-10, eps ADV_TRAIN.EPS), or the ATTACK.* of -cfg / --opts")
     parser.add_argument("--render", action="store_true", help="write a short annotated mp4 per video")
     parser.add_argument("--render-seconds", type=float, default=20.0, metavar="S",
                         help="length of the annotated mp4, centred on the highest score (default 20)")
@@ -50,12 +51,26 @@ def build_parser():
     return parser
 
 
+def attack_source_note(config_path, cfg) -> str:
+    """Where --attack's settings come from when the config is the checkpoint's own."""
+    from attacks.settings import EVAL_ATTACK_KEYS
+    from utils.config import load_config_file
+
+    saved = load_config_file(config_path)
+    value = lambda c, key: c[key.split(".")[0]][key.split(".")[1]]  # noqa: E731
+    changed = [f"{k} {value(saved, k)} -> {value(cfg, k)}" for k in EVAL_ATTACK_KEYS if value(saved, k) != value(cfg, k)]
+    return ("--attack: the published stage-3 attack (main_attack.py defaults: ATTACK.STEPS 10, ATTACK.STEP_SIZE -1 "
+            "= 2.5 * eps / steps, ATTACK.EPS -1 = ADV_TRAIN.EPS, no random start, 1 restart), not the one in "
+            f"{config_path}" + (f" ({', '.join(changed)})" if changed else "")
+            + "; pass --opts ATTACK.* or -cfg CONFIG to choose another")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
     from apps import inference, thresholds
-    from attacks.settings import attack_settings, describe
+    from attacks.settings import attack_settings, describe, published_eval_attack_opts
     from utils.config import get_config, save_config
     from utils.errors import ConfigError, DataError
     from utils.io import atomic_write_json
@@ -64,8 +79,10 @@ def main(argv=None) -> int:
     if args.intervals and len(args.videos) > 1:
         raise ConfigError("--intervals describes one video; with several videos use --annotation LIST_FILE")
     config_path = thresholds.resolve_config_path(args.config, args.pretrained)
-    cfg = get_config(SimpleNamespace(config=str(config_path), opts=args.opts, output=args.output,
-                                     pretrained=args.pretrained))
+    # the config beside a checkpoint holds its training attack: --attack uses the stage-3 one
+    stage3 = published_eval_attack_opts() if args.attack and not args.config else []
+    cfg = get_config(SimpleNamespace(config=str(config_path), opts=stage3 + list(args.opts or []),
+                                     output=args.output, pretrained=args.pretrained))
     log = create_logger(cfg.OUTPUT, 0)
     save_config(cfg, f"{cfg.OUTPUT}/config.yaml")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -82,6 +99,8 @@ def main(argv=None) -> int:
     attack = None
     if args.attack:
         attack = attack_settings(cfg)
+        if stage3:
+            log.info(attack_source_note(config_path, cfg))
         log.info("toward 'all normal': " + describe(attack))
     options = inference.InferenceOptions(
         threshold=threshold, threshold_source=source, smooth=args.smooth, min_duration=args.min_duration,

@@ -14,12 +14,15 @@ sanity checks against gradient masking, robustness.md; --report-models NAME=CKPT
 several checkpoints side by side).
 """
 from utils.config import build_arg_parser
+from utils.flags import warn_ignored
 
 
 def parse_args(argv=None):
     from evaluation.robustness import add_robustness_args
 
-    parser = build_arg_parser("FrameShield stage 3: attack evaluation")
+    # reads no training flag; the published commands' --batch-size/--accumulation-steps are accepted, ignored
+    parser = build_arg_parser("FrameShield stage 3: attack evaluation", groups=("resume",),
+                              compat=("--batch-size", "--accumulation-steps"))
     add_robustness_args(parser)
     return parser.parse_args(argv)
 
@@ -32,9 +35,11 @@ def main(argv=None) -> int:
     from evaluation import robustness
     from evaluation.scoring import score_loader, score_metrics, scores_by_video
     from training import stage as stages
+    from training.scalars import log_evaluation
     from utils import dist
 
     stage = stages.setup_stage("attack", args)
+    warn_ignored(args, "main_attack.py", stage.logger)
     cfg = stage.cfg
     try:
         tokens = stages.text_tokens(stage)
@@ -63,10 +68,12 @@ def main(argv=None) -> int:
         attack = {**settings, "eps_255": settings["eps"] * 255, "step_size_255": settings["step_size"] * 255,
                   "batch_size": cfg.ATTACK.BATCH_SIZE, "norm": "linf", "labels": "ground truth per segment"}
         seconds = result["elapsed"]
+        scalars = log_evaluation(stage, clean, adv)
         stages.write_results(stage, {
             "clean": _three(clean), "adversarial": _three(adv), "attack": attack, "checkpoint": weights,
             "timings": {"attack_s": round(seconds, 3)}, "segments": result["items"],
-            "segments_per_s": result["items"] / max(seconds, 1e-9), "plots": [str(p) for p in plot_paths]})
+            "segments_per_s": result["items"] / max(seconds, 1e-9), "plots": [str(p) for p in plot_paths],
+            "scalars": scalars})
         return 0
     finally:
         dist.cleanup()
@@ -78,17 +85,19 @@ def _robustness_stage(stage, loader, tokens, weights):
 
     from evaluation import report, robustness
     from training import stage as stages
+    from training.scalars import log_evaluation
 
     start = time.perf_counter()
     results = robustness.run_robustness(stage, loader, tokens, lambda w: stages.build_model(stage, w),
                                         weights=weights)
     summary = report.summarize(results)
     first = next(iter(summary.values()))
+    scalars = log_evaluation(stage, first["clean"], first["main"])
     stages.write_results(stage, {
         "clean": _three(first["clean"]), "adversarial": _three(first["main"]),
         "attack": first["settings"], "checkpoint": weights,
         "timings": {"robustness_s": round(time.perf_counter() - start, 3)},
-        "segments_per_s": first.get("segments_per_s"), "robustness": summary})
+        "segments_per_s": first.get("segments_per_s"), "robustness": summary, "scalars": scalars})
     return 0
 
 

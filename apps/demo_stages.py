@@ -112,7 +112,8 @@ def plan_stages(preset: str, seeds, output: Path, data_root: Path, num_workers: 
     """The stages of every seed in priority order (training first, then the attacks)."""
     spec = DEMO_PRESETS[preset]
     data = ["DATA.ROOT", str(data_root), "DATA.TRAIN_FILE", str(data_root / "train.txt"),
-            "DATA.VAL_FILE", str(data_root / "test.txt"), "DATA.NUM_WORKERS", num_workers]
+            "DATA.VAL_FILE", str(data_root / "test.txt"), "DATA.NUM_WORKERS", num_workers,
+            "DATA.SYNTHETIC_PRESET", spec.data]
     stages = []
     for seed in seeds:
         root = output / f"seed{seed}"

@@ -50,7 +50,7 @@ def collect(output: Path, seeds, data_root: Path) -> dict:
             attack = results["attack"]
         row["pseudo_labels"] = pseudo_label_agreement(root / "pseudo_labels" / "pseudo_labels.json", data_root)
         per_seed[str(seed)] = row
-    summary = {"models": {}, "per_seed": per_seed, "attack": attack}
+    summary = {"models": {}, "per_seed": per_seed, "attack": attack, "curves": training_curves(output, seeds)}
     for model, (title, _) in MODELS.items():
         stats = {}
         for name in per_seed[str(seeds[0])][model]:
@@ -60,6 +60,20 @@ def collect(output: Path, seeds, data_root: Path) -> dict:
         summary["models"][model] = {"title": title, **stats}
     summary["claims"] = check_claims(summary["models"])
     return summary
+
+
+def training_curves(output: Path, seeds) -> dict:
+    """{model: {seed: {"plot", "csv"}}}: each trained model's plots/training.png and metrics.csv,
+    relative to ``output`` (where summary.md lies); only the files that exist."""
+    curves = {}
+    for model in MODELS:
+        for seed in seeds:
+            folder = Path(f"seed{seed}") / model
+            files = {"plot": folder / "plots" / "training.png", "csv": folder / "metrics.csv"}
+            found = {k: str(v) for k, v in files.items() if (output / v).is_file()}
+            if found:
+                curves.setdefault(model, {})[str(seed)] = found
+    return curves
 
 
 def check_claims(models: dict) -> dict:
@@ -106,6 +120,16 @@ def summary_markdown(summary: dict, seeds, meta: dict) -> str:
         acc = np.mean([a["accuracy"] for a in agreements])
         lines += ["", f"Pseudo labels of the anomalous training videos agree with the true clip labels "
                       f"on {100 * acc:.1f}% of segments (mean over seeds)."]
+    curves = summary.get("curves") or {}
+    if curves:
+        lines += ["", "Training curves (loss parts and LR per step, test AUC per epoch; TensorBoard: "
+                      "`tensorboard --logdir` this folder):", ""]
+        for model, per_seed in curves.items():
+            links = []
+            for seed, files in per_seed.items():
+                link = f"[seed {seed}]({files['plot']})" if "plot" in files else f"seed {seed}"
+                links.append(link + (f" ([csv]({files['csv']}))" if "csv" in files else ""))
+            lines.append(f"- {summary['models'][model]['title']}: " + ", ".join(links))
     wall = f"Wall time: {meta['wall_s']:.0f} s on {meta['device']} ({meta['jobs']} parallel stage(s))"
     reused = meta.get("reused", [])
     if reused:  # a resumed run: its wall time does not cover the stages finished before

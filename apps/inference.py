@@ -48,6 +48,7 @@ from utils.io import atomic_write_json, atomic_write_text
 logger = logging.getLogger("FrameShield.inference")
 
 DEFAULT_CHUNK_FRAMES = 256
+FLAGGED_WARNING = 0.9  # warn when at least this fraction of a video's frames is above the threshold
 
 
 # ----------------------------------------------------------------------------- video sources
@@ -266,6 +267,11 @@ def infer_video(model, tokens, cfg, video, out_dir, options: InferenceOptions, l
     attacked = frame_scores(segs.attacked, source.num_frames, options.smooth) if segs.attacked is not None else None
     threshold = options.threshold
     intervals = detect_intervals(clean, threshold, source.fps, options.min_duration, options.merge_gap)
+    flagged = float((clean > threshold).mean())
+    if flagged >= FLAGGED_WARNING:
+        log.warning(f"{source.path.name}: {100 * flagged:.0f}% of the frames score above the threshold "
+                    f"{threshold:.4g} ({options.threshold_source}), so the whole video is flagged; if that is "
+                    "not what it shows, the threshold is too low for this model: pass --threshold T")
 
     labels, annotation = None, None
     if options.intervals:
@@ -295,7 +301,7 @@ def infer_video(model, tokens, cfg, video, out_dir, options: InferenceOptions, l
         "segments": {"start": segs.starts.tolist(), "length": segs.lengths.tolist(),
                      "score": [float(s) for s in segs.scores]},
         "frames": columns,
-        "intervals": intervals,
+        "intervals": intervals, "flagged_fraction": flagged,
         "max_score": float(clean.max()),
         "annotation": annotation, "auc": _json_number(auc),
         "seconds": round(segs.seconds, 3),

@@ -1,8 +1,9 @@
 """What infer.py shows a person: the score plot and the annotated mp4.
 
 The plot puts P(abnormal) over time with the threshold, detected intervals and shaded
-ground truth; the mp4 (H.264 via PyAV) draws a score bar on every frame and a red border on
-frames above the threshold, around the highest-scoring moment.
+ground truth; the mp4 (H.264 via PyAV) draws on every frame a score bar with the threshold tick,
+the score and the time as text, and a red border on frames above the threshold, around the
+highest-scoring moment.
 """
 import math
 from fractions import Fraction
@@ -46,30 +47,84 @@ def plot_scores(path, times, clean, threshold, labels=None, attacked=None, auc=N
 
 
 # ----------------------------------------------------------------------------- rendering
-def overlay_frames(frames, scores, threshold):
-    """Draw the score bar and, on frames scoring above ``threshold``, a red border.
+# A 3x5 bitmap font for the numbers drawn on each frame (no font dependency): "1" = ink.
+_GLYPHS = {
+    "0": ("111", "101", "101", "101", "111"), "1": ("010", "110", "010", "010", "111"),
+    "2": ("111", "001", "111", "100", "111"), "3": ("111", "001", "111", "001", "111"),
+    "4": ("101", "101", "111", "001", "001"), "5": ("111", "100", "111", "001", "111"),
+    "6": ("111", "100", "111", "101", "111"), "7": ("111", "001", "010", "010", "010"),
+    "8": ("111", "101", "111", "101", "111"), "9": ("111", "101", "111", "001", "111"),
+    ".": ("000", "000", "000", "000", "010"), ":": ("000", "010", "000", "010", "000"),
+    "s": ("000", "111", "100", "011", "111"), "t": ("010", "111", "010", "010", "011"),
+    "p": ("000", "111", "101", "111", "100"), "/": ("001", "001", "010", "100", "100"),
+    "-": ("000", "000", "111", "000", "000"), " ": ("000", "000", "000", "000", "000"),
+}
 
-    frames: uint8 [N, 3, H, W]; scores: [N]. The bar along the bottom is filled to
-    ``score * W`` (green below the threshold, red above) with a white tick at the threshold.
+
+def text_mask(text, scale=1) -> np.ndarray:
+    """bool [5*scale, (4*len - 1)*scale]: ``text`` in the 3x5 bitmap font (one blank column
+    between characters); characters outside the font are drawn blank."""
+    blank = _GLYPHS[" "]
+    rows = ["0".join(_GLYPHS.get(c, blank)[r] for c in text) for r in range(5)]
+    mask = np.array([[c == "1" for c in row] for row in rows], dtype=bool)
+    return mask.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _stamp(frame, mask, top, left, color):
+    """Paint ``mask`` (bool [h, w]) in ``color`` onto ``frame`` (uint8 [3, H, W]) at (top, left),
+    over a dark box one glyph pixel wider on every side; clipped at the frame's edges."""
+    pad = max(1, mask.shape[0] // 5)
+    _, height, width = frame.shape
+    y0, x0 = max(0, top - pad), max(0, left - pad)
+    y1, x1 = min(height, top + mask.shape[0] + pad), min(width, left + mask.shape[1] + pad)
+    frame[:, y0:y1, x0:x1] = (frame[:, y0:y1, x0:x1] // 4)
+    h, w = min(mask.shape[0], height - top), min(mask.shape[1], width - left)
+    if h <= 0 or w <= 0:
+        return
+    ink = torch.from_numpy(mask[:h, :w])
+    region = frame[:, top:top + h, left:left + w]
+    region[:, ink] = color.view(3, 1).expand(3, int(ink.sum()))
+
+
+def overlay_frames(frames, scores, threshold, times=None):
+    """Draw the score bar, the score and time as text and, on frames above ``threshold``, a red border.
+
+    frames: uint8 [N, 3, H, W]; scores: [N]; times: [N] seconds (None: no time). The bar along
+    the bottom is filled to ``score * W`` (green at or below the threshold, red above) on a dark
+    track; the threshold is a white tick with black edges that rises above the bar, so it shows
+    at any score, with its value above it. Top left: the score (4 decimals) and the time ("12.3s"), white or red, in a
+    3x5 bitmap font scaled to the frame.
     """
     out = frames.clone()
     n, _, h, w = out.shape
     bar, border = max(4, h // 16), max(2, min(h, w) // 40)
+    scale = max(1, h // 60)
     red = torch.tensor([230, 20, 20], dtype=torch.uint8).view(3, 1, 1)
     green = torch.tensor([40, 200, 60], dtype=torch.uint8).view(3, 1, 1)
-    out[:, :, h - bar:, :] = 24
-    tick = min(w - 1, max(0, int(round(threshold * w))))
+    white = torch.tensor([255, 255, 255], dtype=torch.uint8)
+    half = max(1, scale // 2)  # the tick is 2 * half px wide, with a 1 px black edge each side
+    tick = min(w - half - 1, max(half + 1, int(round(threshold * w))))  # whole, even at 0 or 1
+    lo, hi = max(0, tick - half), min(w, tick + half)
+    rise = min(h - bar, bar)  # the tick stands out above the bar by one bar height
+    label = text_mask(f"{threshold:.4g}", scale)  # the threshold's value above its tick
+    label_left = min(max(border + scale, tick - label.shape[1] // 2), max(0, w - label.shape[1] - border - scale))
     for i in range(n):
         score = float(scores[i])
         fill = int(round(min(max(score, 0.0), 1.0) * w))
         anomalous = score > threshold
-        out[i, :, h - bar:, :fill] = red if anomalous else green
-        out[i, :, h - bar:, max(0, tick - 1):tick + 1] = 255
-        if anomalous:
+        if anomalous:  # first, so that the bar and the tick stay on top of it
             out[i, :, :border, :] = red
             out[i, :, h - border:, :] = red
             out[i, :, :, :border] = red
             out[i, :, :, w - border:] = red
+        out[i, :, h - bar:, :] = 24
+        out[i, :, h - bar:, :fill] = red if anomalous else green
+        out[i, :, h - bar - rise:, max(0, lo - 1):min(w, hi + 1)] = 0
+        out[i, :, h - bar - rise:, lo:hi] = 255
+        text = f"{score:.4f}" + (f" {float(times[i]):.1f}s" if times is not None else "")
+        _stamp(out[i], text_mask(text, scale), border + 2 * scale, border + 2 * scale,
+               red.view(3) if anomalous else white)
+        _stamp(out[i], label, max(0, h - bar - rise - label.shape[0] - 2 * scale), label_left, white)
     return out
 
 
@@ -108,7 +163,7 @@ def render_annotated(path, source, scores, threshold, max_seconds=DEFAULT_RENDER
                 if tuple(frames.shape[-2:]) != size:
                     mode = "nearest" if size[0] > frames.shape[-2] else "area"
                     frames = F.interpolate(frames.float(), size=size, mode=mode).round().clamp(0, 255).to(torch.uint8)
-                frames = overlay_frames(frames, scores[inds], threshold)
+                frames = overlay_frames(frames, scores[inds], threshold, np.asarray(inds) / source.fps)
                 if stream is None:
                     stream = container.add_stream("libx264", rate=rate)
                     stream.height, stream.width = size

@@ -19,10 +19,18 @@ from utils.errors import CheckpointError, ConfigError
 logger = logging.getLogger("FrameShield.inference")
 
 DEFAULT_THRESHOLD = 0.5  # P(abnormal) > 0.5: the model's own class decision
+# A stored threshold outside [LOW, HIGH] was chosen on the scores of a model that hardly leaves 0
+# (or 1): on another video it flags (or misses) nearly every frame, so infer.py warns.
+EXTREME_THRESHOLDS = (0.05, 0.95)
 
 
 def resolve_config_path(config, weights) -> Path:
-    """``config`` when given, else the ``<tag>.yaml`` a FrameShield checkpoint has beside it."""
+    """``config`` when given, else the ``<tag>.yaml`` a FrameShield checkpoint has beside it.
+    A ``weights`` path that does not exist is a CheckpointError (before any config is looked for)."""
+    if weights and not Path(weights).exists():
+        raise CheckpointError(f"--pretrained {weights} does not exist; pass the trained checkpoint "
+                              "(e.g. output/<run>/checkpoints/best.safetensors, or a published FrameShield "
+                              "model: README 'Pretrained weights')")
     if config:
         return Path(config)
     if weights:
@@ -66,6 +74,13 @@ def resolve_threshold(cli_value, weights, log=logger):
         return float(cli_value), "--threshold", "flag"
     stored, why = read_stored_threshold(weights) if weights else (None, "no checkpoint")
     if stored is not None:
+        low, high = EXTREME_THRESHOLDS
+        if not low <= stored <= high:
+            log.warning(
+                f"the stored score threshold {stored:.4g} ({why}) is {'below' if stored < low else 'above'} "
+                f"{low if stored < low else high}: it was chosen on the validation scores of a model whose scores "
+                f"sit near {0 if stored < low else 1}, so on your videos it marks {'nearly every' if stored < low else 'almost no'} "
+                f"frame as anomalous; pass --threshold T (the model's own decision is {DEFAULT_THRESHOLD})")
         return stored, why, "checkpoint"
     log.warning(f"the checkpoint has no stored score threshold ({why}); using the default "
                 f"{DEFAULT_THRESHOLD} (P(abnormal) > 0.5); pass --threshold to choose one")

@@ -10,6 +10,23 @@ from attacks.pgd import default_step_size
 from utils.errors import ConfigError
 
 PURPOSES = ("eval", "train")
+# The keys of the stage-3 attack; their config defaults are the published main_attack.py attack
+# (PGD-10, step 2.5 * eps / steps, eps = ADV_TRAIN.EPS, no random start, one restart).
+EVAL_ATTACK_KEYS = ("ATTACK.EPS", "ATTACK.STEPS", "ATTACK.STEP_SIZE", "ATTACK.RANDOM_START", "ATTACK.RESTARTS")
+
+
+def published_eval_attack_opts() -> list:
+    """``--opts`` pairs that set EVAL_ATTACK_KEYS to the published stage-3 values. infer.py puts
+    them before the user's --opts when its config is the one saved beside a checkpoint: an
+    adversarially trained checkpoint's config holds the training attack (e.g. ATTACK.STEPS 3)."""
+    from utils.config import get_default_config
+
+    defaults = get_default_config()
+    pairs = []
+    for key in EVAL_ATTACK_KEYS:
+        section, name = key.split(".")
+        pairs += [key, str(defaults[section][name])]
+    return pairs
 
 
 def attack_settings(cfg, purpose="eval") -> dict:

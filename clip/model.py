@@ -7,6 +7,8 @@ so published state dicts load key for key.
 """
 import math
 
+# stochastic depth as X-CLIP uses it (timm's DropPath), re-exported for models/
+from timm.layers import DropPath  # noqa: F401
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,25 +34,6 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: zero a whole residual branch per sample (dim 0) while training."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = x.new_empty(mask_shape).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
 
 
 class SelfAttention(nn.Module):

@@ -14,13 +14,23 @@ Workers: ``DATA.NUM_WORKERS``; pin_memory only when CUDA is available and DATA.P
 persistent workers and prefetch factor only with workers. Each worker runs one thread and
 seeds torch/numpy/random from (SEED, rank, worker id, epoch) at start; item randomness is
 seeded per item (see datasets.video_dataset).
+
+Embedded synthetic data: with ``DATA.SYNTHETIC_PRESET`` set (the synthetic configs set it)
+and a list file missing, every loader builder first makes the synthetic dataset of that
+preset (seed 0, as the demo makes it) at ``DATA.ROOT`` (rank 0 writes, the other ranks wait),
+so ``configs/synthetic/*.yaml`` run as shipped on a fresh clone.
 """
+import logging
+from pathlib import Path
+
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from datasets.lists import parse_list_file
 from datasets.video_dataset import (_TAG_WORKER, SegmentDataset, TrainVideoDataset, derive_seed,
                                     seed_global_rngs)
+from utils import dist
+from utils.errors import ConfigError, ListFileError
 
 
 class EpochKeySampler(Sampler):
@@ -108,6 +118,49 @@ def _loader(cfg, dataset, sampler, batch_size, rank):
                       drop_last=False, **extra)
 
 
+SYNTHETIC_SEED = 0  # the seed the demo makes its datasets with
+
+
+def synthetic_command(root, preset):
+    return f"python -m datasets.synthetic --out {root} --preset {preset}"
+
+
+def ensure_synthetic_data(cfg, dist_info=None, needed=None):
+    """Make the embedded synthetic dataset at DATA.ROOT when DATA.SYNTHETIC_PRESET is set and
+    DATA.TRAIN_FILE or DATA.VAL_FILE is missing (rank 0; every rank then meets at a barrier).
+    Without the key, a missing list file is a ListFileError that says where lists come from
+    (in a folder named ``synthetic*``: the command that makes it)."""
+    preset, root = cfg.DATA.SYNTHETIC_PRESET, cfg.DATA.ROOT
+    needed = (cfg.DATA.TRAIN_FILE, cfg.DATA.VAL_FILE) if needed is None else needed
+    missing = [f for f in needed if f and not Path(f).is_file()]
+    if not preset:
+        name = Path(root).name if root else ""
+        if missing and name.startswith("synthetic"):
+            guess = name.split("_", 1)[1] if "_" in name else "default"
+            raise ListFileError(
+                f"list file not found: {missing[0]}; {root} is meant for the embedded synthetic dataset: make it "
+                f"with `{synthetic_command(root, guess)}` (or set DATA.SYNTHETIC_PRESET {guess} and the stages "
+                "make it themselves)")
+        if missing:
+            raise ListFileError(
+                f"list file not found: {missing[0]} (DATA.TRAIN_FILE / DATA.VAL_FILE; relative paths start from the "
+                "folder you run in). The benchmark list files are not shipped: take the published ones (README "
+                "'Datasets' says where, per benchmark) or make them from your frames with `python -m "
+                "datasets.make_lists --root DATA.ROOT --videos ... --gt ... --out-train ... --out-test ...`")
+        return
+    _, rank, _ = _process_group(dist_info)
+    if missing and rank == 0:
+        from datasets.synthetic import make_synthetic_dataset
+
+        if not root:
+            raise ConfigError(f"DATA.SYNTHETIC_PRESET {preset}: set DATA.ROOT to the folder to make the dataset in")
+        logging.getLogger("FrameShield").info(
+            f"{missing[0]} is missing: making the embedded synthetic dataset (DATA.SYNTHETIC_PRESET {preset}, "
+            f"seed {SYNTHETIC_SEED}) in {root}, as `{synthetic_command(root, preset)}` does")
+        make_synthetic_dataset(root, preset=preset, seed=SYNTHETIC_SEED)
+    dist.barrier()
+
+
 def build_train_loader(cfg, dist_info=None):
     """Training loader over ``DATA.TRAIN_FILE``: batches of ``TrainVideoDataset`` items.
 
@@ -115,6 +168,7 @@ def build_train_loader(cfg, dist_info=None):
     TRAIN.USE_VIEW2, else 1), label [B], vid [B], path,
     frame_inds [B, K, T], pa_labels [B, K], srd_applied [B], replaced_frames [B].
     """
+    ensure_synthetic_data(cfg, dist_info, needed=(cfg.DATA.TRAIN_FILE,))
     distributed, rank, world = _process_group(dist_info)
     records = parse_list_file(cfg.DATA.TRAIN_FILE, kind="train")
     dataset = TrainVideoDataset(records, cfg, list_file=cfg.DATA.TRAIN_FILE, rank=rank)
@@ -127,6 +181,7 @@ def build_train_loader(cfg, dist_info=None):
 
 
 def _segment_loader(cfg, list_file, kind, dist_info):
+    ensure_synthetic_data(cfg, dist_info, needed=(list_file,))
     distributed, rank, world = _process_group(dist_info)
     records = parse_list_file(list_file, kind=kind)
     dataset = SegmentDataset(records, cfg, list_file=list_file, rank=rank)

@@ -40,7 +40,9 @@ def read_state_dict(path) -> tuple[dict, dict]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist")
+        from models.sources import missing_weights_hint
+
+        raise CheckpointError(f"checkpoint file {path} does not exist; {missing_weights_hint(path)}")
     try:
         if _looks_like_safetensors(path):
             state_dict, meta = _read_safetensors(path)

@@ -137,3 +137,20 @@ def test_presets_default_to_their_own_output_folders():
     assert demo_stages.default_output("default") == "output/demo"
     folders = {demo_stages.default_output(p) for p in demo_stages.DEMO_PRESETS}
     assert len(folders) == len(demo_stages.DEMO_PRESETS)
+
+
+def test_summary_links_each_models_training_curves(tmp_path):
+    for model in ("baseline", "frameshield"):
+        (tmp_path / "seed0" / model / "plots").mkdir(parents=True)
+        (tmp_path / "seed0" / model / "plots" / "training.png").write_bytes(b"png")
+        (tmp_path / "seed0" / model / "metrics.csv").write_text("kind,step,epoch,time\n")
+    curves = demo_summary.training_curves(tmp_path, [0])
+    assert set(curves) == {"baseline", "frameshield"}
+    assert curves["baseline"]["0"] == {"plot": "seed0/baseline/plots/training.png", "csv": "seed0/baseline/metrics.csv"}
+    models = {m: {"title": title, **{f"{k}_{n}": {"mean": 0.5, "std": 0.0} for k, n in demo_stages.METRICS}}
+              for m, (title, _) in demo_stages.MODELS.items()}
+    summary = {"models": models, "per_seed": {"0": {}}, "claims": {}, "curves": curves,
+               "attack": {"eps_255": 2.0, "steps": 10, "step_size_255": 0.5}}
+    text = demo_summary.summary_markdown(summary, [0], {"preset": "default", "wall_s": 1.0, "device": "cpu", "jobs": 1})
+    assert (f"- {demo_stages.MODELS['frameshield'][0]}: [seed 0](seed0/frameshield/plots/training.png) "
+            "([csv](seed0/frameshield/metrics.csv))") in text

@@ -153,7 +153,9 @@ def test_command_on_mp4_and_frame_folder(demo, tmp_path):
         assert result["auc"] == pytest.approx(roc_auc_score(truth, scores))
         # the attack: within eps of the clean input, lowers the anomalous frames' scores
         attack = result["attack"]
-        assert 0 < attack["max_linf_255"] <= attack["eps_255"] + 1e-3 and attack["eps_255"] == pytest.approx(4.0)
+        # the published stage-3 attack, not the checkpoint config's (ATTACK.EPS 4, STEPS 5)
+        assert attack["eps_255"] == pytest.approx(demo.cfg.ADV_TRAIN.EPS) and attack["steps"] == 10
+        assert 0 < attack["max_linf_255"] <= attack["eps_255"] + 1e-3
         attacked = np.array(result["frames"]["attacked_score"])
         assert attacked[truth == 1].mean() < scores[truth == 1].mean() - 0.01
         # the annotated video: decodable, frames scaled up, red border where the score is high
@@ -165,6 +167,28 @@ def test_command_on_mp4_and_frame_folder(demo, tmp_path):
         top_middle = video.get_batch(picked).asnumpy()[:, 2, 128].astype(int)
         red = (top_middle[:, 0] > 150) & (top_middle[:, 1] < 100)
         np.testing.assert_array_equal(red, scores[picked] > result["threshold"])
+        check_annotated_frame(video, result, scores, fps)
+    log = (out / "log_rank0.txt").read_text()
+    assert "the published stage-3 attack" in log and "ATTACK.STEPS 5 -> 10" in log and "ATTACK.EPS 4.0 -> -1.0" in log
+
+
+def check_annotated_frame(video, result, scores, fps):
+    """A decoded frame of annotated.mp4 shows its score and time as text and the threshold tick."""
+    from apps.render import text_mask
+
+    k = int(np.argmin(scores))  # a low score: the case where the bar alone showed nothing
+    frame = video[k - result["render"]["start_frame"]].asnumpy().astype(int)
+    h, w = frame.shape[:2]
+    scale, border, bar = max(1, h // 60), max(2, min(h, w) // 40), max(4, h // 16)
+    ink = text_mask(f"{scores[k]:.4f} {k / fps:.1f}s", scale)
+    top = left = border + 2 * scale
+    box = frame[top:top + ink.shape[0], left:left + ink.shape[1]].mean(axis=2)
+    assert box[ink].mean() > 180 and box[~ink].mean() < 90, (box[ink].mean(), box[~ink].mean())
+    # the threshold tick: white, rising above the dark bar, with dark edges
+    tick = min(w - scale // 2 - 2, max(scale // 2 + 2, int(round(result["threshold"] * w))))
+    column = frame[h - bar - bar // 2:h - 2, tick].mean(axis=1)
+    assert column.min() > 180, column
+    assert frame[h - bar // 2, max(0, tick - scale)].mean() < 80
 
 
 def test_stored_threshold_default_and_smoothing(demo, tmp_path):
@@ -329,6 +353,9 @@ def test_command_errors(demo, tmp_path):
         infer.main(["--pretrained", str(bare), good, "--output", str(tmp_path / "o2")])
     with pytest.raises(CheckpointError, match="does not exist"):
         inference.load_model(demo.cfg, str(tmp_path / "none.safetensors"), "cpu")
+    # a --pretrained that is not there is said so (not "no config file beside the checkpoint")
+    with pytest.raises(CheckpointError, match=r"--pretrained .*none\.safetensors does not exist"):
+        infer.main(["--pretrained", str(tmp_path / "none.safetensors"), good, "--output", str(tmp_path / "o7")])
     with pytest.raises(ConfigError, match="one video"):
         infer.main(["--pretrained", demo.weights, good, good, "--intervals", "1-4", "--output", str(tmp_path / "o3")])
     if not torch.cuda.is_available():
@@ -406,3 +433,34 @@ def test_chunks_cover_the_segments_in_order(num_frames, clip_len, interval, chun
     assert [s for g in groups for s in g] == segments
     for group in groups:
         assert len(group) == 1 or sum(s.length for s in group) <= chunk_frames
+
+
+def test_extreme_stored_threshold_warns(demo, tmp_path):
+    """A weak model's stored threshold (0.0023) flags the whole video: both are warned about."""
+    from training.checkpoint import save_checkpoint
+
+    weights = save_checkpoint(str(tmp_path / "weak"), "best", demo.model, None, None, 1, 3, 0.5, demo.cfg,
+                              extra={"score_threshold": 0.0023})
+    out = tmp_path / "out"
+    assert infer.main(["--pretrained", weights, str(demo.root / "clip_frames"), "--output", str(out),
+                       "--no-progress"]) == 0
+    log = (out / "log_rank0.txt").read_text()
+    assert "stored score threshold 0.0023" in log and "is below 0.05" in log and "--threshold" in log
+    assert "100% of the frames score above the threshold 0.0023" in log
+    assert json.loads((out / "clip_frames" / "scores.json").read_text())["flagged_fraction"] == 1.0
+
+
+def test_attack_settings_follow_opts_and_cfg(demo, tmp_path):
+    good = str(demo.root / "clip_frames")
+    out = tmp_path / "opts"
+    assert infer.main(["--pretrained", demo.weights, good, "--output", str(out), "--attack", "--no-progress",
+                       "--opts", "ATTACK.STEPS", "2"]) == 0
+    attack = json.loads((out / "clip_frames" / "scores.json").read_text())["attack"]
+    assert attack["steps"] == 2 and attack["eps_255"] == pytest.approx(demo.cfg.ADV_TRAIN.EPS)
+    cfg_file = Path(demo.weights).with_suffix("").with_suffix(".yaml")
+    out = tmp_path / "cfg"
+    assert infer.main(["--pretrained", demo.weights, "-cfg", str(cfg_file), good, "--output", str(out), "--attack",
+                       "--no-progress"]) == 0
+    attack = json.loads((out / "clip_frames" / "scores.json").read_text())["attack"]
+    assert (attack["steps"], attack["eps_255"]) == (5, pytest.approx(4.0))  # -cfg: its ATTACK.* as written
+    assert "published stage-3" not in (out / "log_rank0.txt").read_text()

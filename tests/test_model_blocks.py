@@ -66,6 +66,12 @@ def test_drop_path():
     assert 100 < kept.sum() < 300
 
 
+def test_drop_path_is_timms_as_in_x_clip():
+    from timm.layers import DropPath as TimmDropPath
+
+    assert DropPath is TimmDropPath
+
+
 def test_layernorm_keeps_input_dtype():
     ln = LayerNorm(8)
     assert ln(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16

@@ -2,6 +2,7 @@
 import math
 from types import SimpleNamespace as NS
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,25 +50,62 @@ def test_schedule_values():
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
     sched.step_update(10)
     expected = 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 10 / 50))
-    assert all(lr == pytest.approx(expected) for lr in sched.get_last_lr())
+    assert all(g["lr"] == pytest.approx(expected) for g in opt.param_groups)
     sched.step_update(50)
     assert opt.param_groups[1]["lr"] == pytest.approx(1e-5)
     sched.step_update(70)
     assert opt.param_groups[1]["lr"] == pytest.approx(1e-5)
 
 
-def test_schedule_matches_timm_cosine():
-    timm_cosine = pytest.importorskip("timm.scheduler.cosine_lr")
-    params = [torch.nn.Parameter(torch.zeros(2))]
-    ours_opt, timm_opt = torch.optim.AdamW(params, lr=8e-6), torch.optim.AdamW(params, lr=8e-6)
-    ours = optim.WarmupCosineScheduler(ours_opt, total_steps=40, warmup_steps=7)
-    reference = timm_cosine.CosineLRScheduler(timm_opt, t_initial=40, lr_min=8e-8, warmup_lr_init=0,
-                                              warmup_t=7, cycle_limit=1, t_in_epochs=False)
-    for t in range(45):
-        ours.step_update(t)
-        reference.step_update(t)
-        assert ours_opt.param_groups[0]["lr"] == pytest.approx(timm_opt.param_groups[0]["lr"],
-                                                               rel=1e-9, abs=1e-15)
+def former_schedule(lr, t, total, warmup, min_ratio=0.01):
+    """The hand-written schedule this project used before timm's (kept as the reference)."""
+    if t < warmup:
+        return lr * (t / warmup)
+    if t >= total:
+        return lr * min_ratio
+    return lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t / total)))
+
+
+def published_schedule(lr, t, total, warmup):
+    """X-CLIP/FrameShield's schedule written out: timm's formula with lr_min = LR / 100."""
+    lr_min = lr / 100
+    if t < warmup:
+        return 0 + t * (lr / warmup)
+    if t >= total:
+        return lr_min
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * t / total))
+
+
+@pytest.mark.parametrize("lr,epochs,warmup_epochs,steps", [(8e-6, 40, 5, 3), (1e-3, 24, 1, 7), (5e-4, 12, 0, 5),
+                                                           (2e-4, 6, 1, 1), (1e-3, 1, 0, 4)])
+def test_schedule_is_timms_and_agrees_with_the_former_one(lr, epochs, warmup_epochs, steps):
+    from timm.scheduler.cosine_lr import CosineLRScheduler
+
+    cfg = make_cfg(LR=lr, EPOCHS=epochs, WARMUP_EPOCHS=warmup_epochs)
+    opt = optim.build_optimizer(cfg, ToyVideoModel())
+    sched = optim.build_scheduler(cfg, opt, steps_per_epoch=steps)
+    assert isinstance(sched, CosineLRScheduler)
+    total, warmup = epochs * steps, warmup_epochs * steps
+    assert opt.param_groups[0]["lr"] == (0.0 if warmup else lr)
+    for t in range(total + 3):
+        sched.step_update(t)
+        for group in opt.param_groups:
+            assert group["lr"] == published_schedule(lr, t, total, warmup)  # bit for bit
+            old = former_schedule(lr, t, total, warmup)
+            assert abs(group["lr"] - old) <= 2 * np.finfo(float).eps * old  # <= 2 ulp from the former
+
+
+def test_former_scheduler_state_still_loads():
+    """A checkpoint saved by the hand-written scheduler resumes: its state is ignored, the LR
+    comes from the optimizer state and the schedule from the config."""
+    cfg = make_cfg()
+    opt = optim.build_optimizer(cfg, ToyVideoModel())
+    sched = optim.build_scheduler(cfg, opt, steps_per_epoch=5)
+    sched.load_state_dict({"base_lrs": [1e-3, 1e-3], "last_step": 17, "total_steps": 50, "warmup_steps": 10,
+                           "min_lr_ratio": 0.01})
+    assert not hasattr(sched, "last_step") and sched.t_initial == 50
+    sched.step_update(18)
+    assert opt.param_groups[0]["lr"] == published_schedule(1e-3, 18, 50, 10)
 
 
 def test_state_round_trip_and_steps_per_epoch():
@@ -79,7 +117,10 @@ def test_state_round_trip_and_steps_per_epoch():
     opt2 = optim.build_optimizer(make_cfg(), model)
     sched2 = optim.build_scheduler(make_cfg(), opt2, steps_per_epoch=3)
     sched2.load_state_dict(state)
-    assert sched2.get_last_lr() == sched.get_last_lr() and sched2.last_step == 17
+    sched2.step_update(18)
+    sched.step_update(18)
+    assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]
+    assert sched2.state_dict() == sched.state_dict()
     assert optim.optimizer_steps_per_epoch(10, 8) == 2
     assert optim.optimizer_steps_per_epoch(16, 8) == 2
     assert optim.optimizer_steps_per_epoch(5, 1) == 5

@@ -18,7 +18,9 @@ import main_attack
 from training import engine, steps
 from utils import signals
 from utils.errors import ConfigError
+from training.scalars import read_metrics
 from training.stage import read_scores
+from tests.test_scalars import events as tb_events
 
 pytestmark = pytest.mark.slow
 
@@ -62,12 +64,28 @@ def test_promptmil_trains_and_tests(stage1, data_opts, tmp_path):
     scores = read_scores(stage1 / "scores.npz")
     assert len(scores["videos"]) == 8 and scores["clean_scores"].shape == scores["seg_starts"].shape
     assert (stage1 / "config.yaml").is_file() and (stage1 / "log_rank0.txt").is_file()
+    # training curves: one row per optimizer step and per evaluation, the same in the events
+    rows = read_metrics(stage1 / "metrics.csv")
+    train = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3] and all(r["grad_norm"] > 0 and r["lr"] > 0 for r in train)
+    assert {"loss_total", "loss_mil", "loss_smooth", "loss_sparse"} <= set(train[0])
+    (evaluation,) = [r for r in rows if r["kind"] == "eval"]
+    assert (evaluation["step"], evaluation["epoch"]) == (3, 1)
+    assert evaluation["auc_all"] == pytest.approx(results["best"]["auc_all"])
+    assert results["scalars"] == {"metrics_csv": str(stage1 / "metrics.csv"), "tensorboard": str(stage1 / "tb")}
+    got = tb_events(stage1 / "tb")
+    assert [s for s, _ in got["train/loss_total"]] == [1, 2, 3]
+    assert got["test/auc_all"][0][1] == pytest.approx(results["best"]["auc_all"])
+    assert results["plots"]["training"] == str(stage1 / "plots" / "training.png")
+    assert (stage1 / "plots" / "training.png").is_file()
 
     # --only_test of the best checkpoint reproduces the metrics of its evaluation in training
     run(promptmil_main, CI, tmp_path, data_opts, "--only_test", "--pretrained", str(best))
     tested = json.loads((tmp_path / "results.json").read_text())
     assert tested["test"]["auc_all"] == pytest.approx(results["best"]["auc_all"], abs=1e-6)
     assert tested["checkpoint"] == str(best)
+    (row,) = read_metrics(tmp_path / "metrics.csv")
+    assert row["kind"] == "eval" and row["auc_all"] == pytest.approx(tested["test"]["auc_all"])
     assert (tmp_path / "plots" / "roc.png").is_file() and len(list((tmp_path / "plots").glob("scores_*.png"))) == 8
     np.testing.assert_allclose(read_scores(tmp_path / "scores.npz")["clean_scores"], scores["clean_scores"],
                                atol=1e-6)
@@ -131,6 +149,9 @@ def test_attack_reports_clean_and_adversarial(stage1, data_opts, tmp_path):
     scores = read_scores(tmp_path / "scores.npz")
     assert not np.allclose(scores["clean_scores"], scores["adversarial_scores"])
     assert (tmp_path / "plots" / "roc.png").is_file()
+    (row,) = read_metrics(tmp_path / "metrics.csv")
+    assert row["adv_auc_all"] == pytest.approx(results["adversarial"]["auc_all"])
+    assert row["auc_all"] == pytest.approx(results["clean"]["auc_all"])
 
 
 def test_resume_after_stop_equals_uninterrupted(data_opts, tmp_path, monkeypatch):
@@ -167,6 +188,10 @@ def test_resume_after_stop_equals_uninterrupted(data_opts, tmp_path, monkeypatch
     a = json.loads((tmp_path / "full" / "results.json").read_text())
     b = json.loads((tmp_path / "stopped" / "results.json").read_text())
     assert b["resumed_from"] and [h["auc_all"] for h in a["history"]] == [h["auc_all"] for h in b["history"]]
+    # the curves of the resumed run are those of the uninterrupted one
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "stopped" / "metrics.csv")) == strip(read_metrics(tmp_path / "full" / "metrics.csv"))
+    assert tb_events(tmp_path / "stopped" / "tb") == tb_events(tmp_path / "full" / "tb")
 
 
 def test_output_folder_of_another_run_is_refused(stage1, data_opts, tmp_path):

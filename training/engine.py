@@ -19,6 +19,7 @@ import torch
 
 from evaluation.metrics import choose_threshold
 from evaluation.scoring import evaluate, model_device
+from training.scalars import GroupMean
 from utils import dist
 from utils.errors import TrainingError
 
@@ -80,7 +81,7 @@ class MicroStep:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state: TrainState, step_fn,
-                    logger, stop_requested=lambda: False, resume_rng=None):
+                    logger, stop_requested=lambda: False, resume_rng=None, scalars=None):
     """One epoch (or its rest, from ``state.batch_in_epoch``); returns "done" or "stopped".
 
     step_fn(model, batch, text_tokens, cfg, device, MicroStep) -> (loss, parts).
@@ -92,6 +93,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state
     A non-finite loss on any rank raises TrainingError naming epoch and step.
     ``resume_rng``: RNG states to restore before continuing after the ``state.batch_in_epoch``
     micro-batches already trained (those are skipped without being loaded).
+    ``scalars``: a training.scalars log; gets one row per optimizer step (rank 0's loss parts
+    averaged over the group, the LR the step ran at, the gradient norm before clipping).
     """
     device = model_device(model)
     accum = cfg.TRAIN.ACCUMULATION_STEPS
@@ -102,6 +105,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state
     bar = progress(total=total, initial=skip, desc=f"train {state.epoch + 1}/{cfg.TRAIN.EPOCHS}")
     started, done_here = time.time(), 0
     outcome = "done"
+    group_parts = GroupMean()  # loss parts of the current accumulation group
     batches = iter(remaining_batches(loader, skip))  # creating the iterator draws a seed
     if resume_rng is not None:  # ... so restore the interrupted run's RNG after it
         set_rng_state(resume_rng)
@@ -118,16 +122,20 @@ def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state
                     f"of {batch.get('path')}")
             (loss / (group_end - group_start)).backward()
         done_here += 1
+        parts = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
+        group_parts.add(parts)
         if micro.last:
-            if cfg.TRAIN.CLIP_GRAD > 0:
-                torch.nn.utils.clip_grad_norm_(dist.unwrap_model(model).parameters(), cfg.TRAIN.CLIP_GRAD)
+            grad_norm = gradient_norm(dist.unwrap_model(model), cfg.TRAIN.CLIP_GRAD, measure=getattr(scalars, "active", False))
+            step_lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             _scheduler_step(scheduler, state.step)
             state.batch_in_epoch = idx + 1
+            if scalars is not None:
+                scalars.train_step(state.step, state.epoch + 1, group_parts.mean(), step_lr, grad_norm)
+            group_parts = GroupMean()
         bar.update(1)
-        parts = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
         if dist.is_main_process():
             lr = optimizer.param_groups[0]["lr"]
             bar.set_postfix({**{k: f"{v:.4f}" for k, v in parts.items()}, "lr": f"{lr:.2e}",
@@ -146,6 +154,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state
         state.epoch += 1
         state.batch_in_epoch = 0
     return outcome
+
+
+def gradient_norm(model, clip, measure=True):
+    """Clip the gradients to ``clip`` (> 0) and return their total L2 norm before clipping;
+    with no clipping the norm is only measured (``measure``; None otherwise)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    if not measure or not params:
+        return None
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
 
 
 class _WorkerIgnoresSigterm:
@@ -235,6 +254,7 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
     from datasets.build import set_loader_epoch
     from utils import signals
     from training.optim import build_optimizer, build_scheduler, global_batch, optimizer_steps_per_epoch, scaled_lr
+    from training.scalars import open_scalars
 
     cfg, logger = stage.cfg, stage.logger
     world = dist.get_world_size()
@@ -250,6 +270,7 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
         state, resume_rng = load_training_state(path, model, optimizer, scheduler, logger)
         resumed_from = str(path)
     ddp_model = dist.wrap_model(model, stage.dist)
+    scalars = open_scalars(stage, resume=(state.step, state.epoch) if path is not None else None)
     for loader in (train_loader, test_loader):
         protect_workers_from_sigterm(loader)
     signals.install_stop_handler()
@@ -260,7 +281,7 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
             started = time.time()
             outcome = train_one_epoch(ddp_model, train_loader, optimizer, scheduler, text_tokens, cfg, state,
                                       step_fn, logger, stop_requested=lambda: signals.stop_requested(sync=True),
-                                      resume_rng=resume_rng)
+                                      resume_rng=resume_rng, scalars=scalars)
             timings["train_s"] += time.time() - started
             resume_rng = None
             if outcome == "stopped":
@@ -274,6 +295,7 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
                 timings["eval_s"] += time.time() - started
                 metrics = result["metrics"]
                 state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
+                scalars.evaluation(state.step, state.epoch, metrics)
                 value = metrics["auc_all"]
                 if np.isfinite(value) and value > state.best_metric:
                     state.best_metric = float(value)
@@ -291,11 +313,12 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
                 return {"stopped": True, "epoch": state.epoch, "step": state.step}
     finally:
         signals.uninstall_stop_handler()
+        scalars.close()
     best_file = stage.output / "checkpoints" / "best.safetensors"
     return {"stopped": False, "epochs": state.epoch, "steps": state.step, "history": state.history,
             "best": state.best or None, "last": state.history[-1] if state.history else None,
             "threshold": state.threshold or None, "resumed_from": resumed_from, "timings": timings,
-            "checkpoint": str(best_file) if state.best else None}
+            "checkpoint": str(best_file) if state.best else None, "scalars": scalars.paths()}
 
 
 def resume_checkpoint_path(stage):

@@ -1,16 +1,24 @@
 """AdamW and the per-step warmup + cosine learning-rate schedule of X-CLIP/FrameShield.
 
+The schedule is timm's ``CosineLRScheduler`` with the published arguments (X-CLIP's and
+FrameShield's ``build_scheduler``): ``t_initial`` = all optimizer steps, ``lr_min = LR / 100``,
+``warmup_lr_init = 0``, ``warmup_t`` = the warmup steps, ``cycle_limit = 1``,
+``t_in_epochs = False``. So lr(t) = LR * t / warmup for t < warmup (linear from 0), then
+LR/100 + (LR - LR/100) * (1 + cos(pi * t / total)) / 2, and LR/100 once t >= total.
+
 Gradient accumulation is the caller's job: the scheduler is stepped once per optimizer
 step, so a run has ``steps_per_epoch = ceil(len(train_loader) / TRAIN.ACCUMULATION_STEPS)``
 (:func:`optimizer_steps_per_epoch`). After optimizer step s (0-based) the caller calls
-``scheduler.step_update(s + 1)``; step s therefore runs at lr(s), with
-lr(t) = LR * t / warmup for t < warmup (linear from 0) and afterwards
-lr(t) = LR/100 + (LR - LR/100) * (1 + cos(pi * t / total)) / 2 (timm's CosineLRScheduler
-with t_in_epochs=False and no warmup prefix, as published), LR/100 once t >= total.
+``scheduler.step_update(s + 1)``; step s therefore runs at lr(s).
+
+Checkpoints written before the schedule came from timm hold the state of the hand-written
+scheduler (``{"base_lrs", "last_step", ...}``); :class:`CosineSchedule` still loads them
+(its LRs equal the old ones to 2 ulp, tests/test_optim.py).
 """
 import math
 
 import torch
+from timm.scheduler.cosine_lr import CosineLRScheduler
 
 from utils.errors import ConfigError, TrainingError
 
@@ -79,57 +87,20 @@ def optimizer_steps_per_epoch(num_batches, accumulation_steps):
     return math.ceil(num_batches / max(1, accumulation_steps))
 
 
-class WarmupCosineScheduler:
-    """Per-step LR: linear warmup from 0, then cosine down to ``min_lr_ratio`` x the base LR.
+class CosineSchedule(CosineLRScheduler):
+    """timm's CosineLRScheduler that also loads the state of the former hand-written
+    scheduler (checkpoints saved before the switch): that state holds nothing the config
+    does not give again, and the optimizer state restores the current LR itself."""
 
-    ``step_update(t)`` sets every group's lr to base_lr(group) * factor(t). Its state
-    (base LRs, last step, lengths) round-trips through state_dict/load_state_dict.
-    """
-
-    def __init__(self, optimizer, total_steps, warmup_steps, min_lr_ratio=0.01):
-        self.optimizer = optimizer
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-        self.min_lr_ratio = float(min_lr_ratio)
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-        self.last_step = 0
-        self.step_update(0)
-
-    def factor(self, step):
-        if step < self.warmup_steps:
-            return step / self.warmup_steps
-        if step >= self.total_steps:
-            return self.min_lr_ratio
-        cosine = 0.5 * (1.0 + math.cos(math.pi * step / self.total_steps))
-        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
-
-    def step_update(self, num_updates):
-        """Set the LR for the optimizer step that follows ``num_updates`` completed ones."""
-        self.last_step = int(num_updates)
-        factor = self.factor(self.last_step)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
-
-    def get_last_lr(self):
-        return [group["lr"] for group in self.optimizer.param_groups]
-
-    def state_dict(self):
-        return {"base_lrs": list(self.base_lrs), "last_step": self.last_step,
-                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "min_lr_ratio": self.min_lr_ratio}
-
-    def load_state_dict(self, state):
-        self.base_lrs = [float(lr) for lr in state["base_lrs"]]
-        self.total_steps = int(state["total_steps"])
-        self.warmup_steps = int(state["warmup_steps"])
-        self.min_lr_ratio = float(state["min_lr_ratio"])
-        self.step_update(int(state["last_step"]))
+    def load_state_dict(self, state_dict):
+        if "last_step" in state_dict and "base_lrs" in state_dict:  # the former WarmupCosineScheduler
+            return
+        super().load_state_dict(state_dict)
 
 
 def build_scheduler(cfg, optimizer, steps_per_epoch):
-    """Cosine schedule over TRAIN.EPOCHS with TRAIN.WARMUP_EPOCHS of warmup, floor LR/100.
+    """timm's cosine schedule over TRAIN.EPOCHS with TRAIN.WARMUP_EPOCHS of linear warmup from
+    0 and the floor LR/100, per optimizer step (the published arguments; module docstring).
 
     ``steps_per_epoch`` counts optimizer steps (see :func:`optimizer_steps_per_epoch`).
     """
@@ -138,4 +109,5 @@ def build_scheduler(cfg, optimizer, steps_per_epoch):
                           "use 'cosine'")
     total = int(cfg.TRAIN.EPOCHS * steps_per_epoch)
     warmup = int(cfg.TRAIN.WARMUP_EPOCHS * steps_per_epoch)
-    return WarmupCosineScheduler(optimizer, total_steps=total, warmup_steps=warmup)
+    return CosineSchedule(optimizer, t_initial=max(1, total), lr_min=cfg.TRAIN.LR / 100, warmup_lr_init=0,
+                          warmup_t=warmup, cycle_limit=1, t_in_epochs=False)

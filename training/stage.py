@@ -7,10 +7,12 @@ a plain single process), checks the output folder, opens the per-rank log, seeds
 SEED + rank and writes ``config.yaml`` (rank 0). ``build_model`` and ``text_tokens``
 turn the config into the X-CLIP model and the [C, 77] class-name tokens.
 
-Output-folder rule: a folder whose ``config.yaml`` differs from this run's config (in any
-key other than the run-mode keys in ``RUN_MODE_KEYS``) holds another run's results, and a
+Output-folder rule: a folder that holds results (checkpoints, results.json, scores.npz,
+pseudo labels) and whose ``config.yaml`` differs from this run's config in a key those results
+depend on (training/run_identity.py says which, per kind of result) holds another run, and a
 stage refuses to write there unless ``--overwrite`` is given. A matching folder is the same
-run: training resumes from its last checkpoint.
+run: training resumes from its last checkpoint. A folder without results is no run at all
+(a failed start leaves only config.yaml and a log): the stage starts there afresh.
 """
 import time
 from dataclasses import dataclass, field
@@ -20,19 +22,11 @@ import numpy as np
 import torch
 import yaml
 
+# which keys make two runs the same run, per what a folder holds: training/run_identity.py
+from training.run_identity import RESULT_FILES, RUN_MODE_KEYS, compared_keys, folder_contents  # noqa: F401
 from utils.config import config_to_yaml, get_config, save_config
 from utils.errors import CheckpointError, ConfigError
 from utils.io import atomic_path, atomic_write_json
-
-# Keys that say how a run is executed, not what it computes; they may differ between the
-# runs sharing one output folder (e.g. pseudo-label generation and the training after it).
-RUN_MODE_KEYS = {
-    "OUTPUT", "LOCAL_RANK", "PRINT_FREQ", "TEST.ONLY_TEST", "TEST.BATCH_SIZE", "MODEL.RESUME",
-    "TRAIN.AUTO_RESUME", "DATA.NUM_WORKERS", "DATA.PIN_MEMORY", "DATA.PERSISTENT_WORKERS",
-    "DATA.PREFETCH_FACTOR", "ATTACK.BATCH_SIZE",
-}
-# Files whose presence marks a folder as holding results.
-RESULT_FILES = ("results.json", "scores.npz", "pseudo_labels.json")
 
 
 @dataclass
@@ -99,24 +93,36 @@ def _flatten(tree, prefix=""):
     return flat
 
 
-def config_differences(cfg, config_file) -> list[str]:
-    """``KEY: old -> new`` for every computing key where ``config_file`` differs from ``cfg``."""
-    old = _flatten(yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {})
+def config_differences(cfg, config_file, keys=None) -> list[str]:
+    """``KEY: old -> new`` for every key where ``config_file`` differs from ``cfg``: among ``keys``
+    when given, else among all keys but the run-mode keys. A key the file lacks (written
+    before the key existed) counts as its default."""
+    from utils.config import get_default_config
+
+    defaults = _flatten(yaml.safe_load(config_to_yaml(get_default_config())))
+    old = {**defaults, **_flatten(yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {})}
     new = _flatten(yaml.safe_load(config_to_yaml(cfg)))
-    keys = sorted((set(old) | set(new)) - RUN_MODE_KEYS)
-    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
+    candidates = (set(old) | set(new)) - RUN_MODE_KEYS if keys is None else set(keys)
+    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+            for k in sorted(candidates) if old.get(k) != new.get(k)]
 
 
 def check_output_folder(cfg, output: Path, overwrite: bool) -> bool:
     """True when ``output`` holds this same run; ConfigError when it holds another one.
 
-    Another run = its config.yaml differs in a computing key, or it has results but no
-    config.yaml. ``overwrite`` lets the stage write anyway (returns False: start fresh).
+    Another run = the folder holds results (training.run_identity.folder_contents) and its
+    config.yaml differs in a key they depend on (training.run_identity.compared_keys), or it
+    has results but no config.yaml. A folder without results is not a run (False: start
+    fresh). ``overwrite`` lets the stage write anyway (returns False: start fresh).
     """
     config_file = output / "config.yaml"
+    kinds = folder_contents(output)
+    if not kinds:
+        return False
     if config_file.is_file():
         try:
-            diffs = config_differences(cfg, config_file)
+            keys = compared_keys(kinds, _flatten(yaml.safe_load(config_to_yaml(cfg))))
+            diffs = config_differences(cfg, config_file, keys)
         except yaml.YAMLError as err:
             diffs = [f"its config.yaml cannot be read ({err})"]
         if not diffs:
@@ -125,11 +131,10 @@ def check_output_folder(cfg, output: Path, overwrite: bool) -> bool:
             return False
         shown = "\n  ".join(diffs[:12]) + (f"\n  ... ({len(diffs) - 12} more)" if len(diffs) > 12 else "")
         raise ConfigError(
-            f"output folder {output} holds a run with a different config:\n  {shown}\n"
+            f"output folder {output} holds a run ({', '.join(kinds)}) with a different config:\n  {shown}\n"
             "choose another --output, or pass --overwrite to write over it"
         )
-    has_results = any((output / name).exists() for name in RESULT_FILES) or any((output / "checkpoints").glob("*"))
-    if has_results and not overwrite:
+    if not overwrite:
         raise ConfigError(
             f"output folder {output} holds results but no config.yaml, so it cannot be checked to be "
             "this run; choose another --output, or pass --overwrite to write over it"
@@ -296,6 +301,21 @@ def write_plots(stage: Stage, evals: dict, title: str) -> list:
     return paths
 
 
+def write_training_plot(stage: Stage):
+    """OUTPUT/plots/training.png from OUTPUT/metrics.csv (rank 0); its path, or None."""
+    if not stage.is_main:
+        return None
+    from training.scalars import CSV_NAME, read_metrics
+    from utils import plots
+
+    rows = read_metrics(stage.output / CSV_NAME)
+    if not rows:
+        return None
+    path = plots.plot_training(stage.output / "plots" / "training.png", rows, title=f"{stage.name}: {stage.output}")
+    stage.logger.info(f"wrote {path} (curves of {stage.output / CSV_NAME})")
+    return path
+
+
 def weights_to_test(stage: Stage):
     """The checkpoint an evaluation stage scores: MODEL.RESUME, else MODEL.PRETRAINED."""
     weights = stage.cfg.MODEL.RESUME or stage.cfg.MODEL.PRETRAINED
@@ -312,16 +332,23 @@ def report_evaluation(stage: Stage, result: dict, weights, key="test") -> dict:
     threshold = choose_threshold(result["eval"])
     write_scores(stage, {"clean": result["videos"]}, {"clean": result["eval"]})
     plot_paths = write_plots(stage, {"clean": result["eval"]}, title=f"{stage.name}: {weights or 'random weights'}")
+    from training.scalars import log_evaluation
+
     results = {key: result["metrics"], "threshold": threshold, "checkpoint": weights,
-               "segments_per_s": result["segments_per_s"], "plots": [str(p) for p in plot_paths]}
+               "segments_per_s": result["segments_per_s"], "plots": [str(p) for p in plot_paths],
+               "scalars": log_evaluation(stage, result["metrics"])}
     write_results(stage, results)
     return results
 
 
 def report_training(stage: Stage, summary: dict, best_result) -> dict:
-    """results.json of a training stage: best/last metrics, threshold, history, checkpoint."""
+    """results.json of a training stage: best/last metrics, threshold, history, checkpoint;
+    plots/ of the best evaluation and plots/training.png (the curves of metrics.csv)."""
     if best_result is not None:
         write_plots(stage, {"clean": best_result["eval"]}, title=f"{stage.name}: best epoch {summary['best']['epoch']}")
+    curves = write_training_plot(stage)
+    if curves is not None:
+        summary = {**summary, "plots": {"training": str(curves)}}
     write_results(stage, summary)
     return summary
 

@@ -8,7 +8,7 @@ is accepted for a number key when it parses as one). ``docs/CONFIG.md`` lists ev
 
 Public API::
 
-    build_arg_parser(description) -> argparse.ArgumentParser
+    build_arg_parser(description, groups) -> argparse.ArgumentParser   # utils/flags.py
     get_config(args) -> CfgNode                   # frozen
     load_config_file(path) -> CfgNode             # defaults <- YAML only, frozen
     get_default_config() -> CfgNode               # defaults only, not frozen
@@ -16,7 +16,6 @@ Public API::
     save_config(cfg, path) -> None                # YAML, atomic
     resolve_local_rank(args) -> int               # env LOCAL_RANK wins over the flag
 """
-import argparse
 import difflib
 import math
 import os
@@ -27,6 +26,7 @@ import yaml
 from yacs.config import CfgNode
 
 from utils.errors import ConfigError
+from utils.flags import FlagDefault, build_arg_parser  # noqa: F401 (build_arg_parser: the stages' parser)
 from utils.io import atomic_write_text
 
 # Keys whose default is None accept None or a string; these strings mean None too.
@@ -39,6 +39,8 @@ _CHOICES = {
     ("ADV_TRAIN", "SRD_MODE"): ("center", "gradcam"),
     ("ADV_TRAIN", "SRD_SEVERITY"): ("light", "medium", "heavy"),
     ("TEST", "NUM_CROP"): (1, 3),
+    # the presets of datasets.synthetic.DATASET_PRESETS ('' = none)
+    ("DATA", "SYNTHETIC_PRESET"): ("", "small", "default", "large"),
     # the names of attacks.registry.ATTACKS (utils/ imports nothing above it)
     ("ROBUSTNESS", "ATTACK"): ("pgd", "apgd-ce", "apgd-margin", "square", "transfer"),
     ("ROBUSTNESS", "SWEEP_ATTACK"): ("", "pgd", "apgd-ce", "apgd-margin", "square", "transfer"),
@@ -75,7 +77,7 @@ def _defaults():
             "NUM_CLASSES": 2, "LABEL_LIST": "configs/labels_2.csv", "FILENAME_TMPL": "img_{:08}.jpg",
             "NUM_WORKERS": 2, "PIN_MEMORY": True, "PERSISTENT_WORKERS": False, "PREFETCH_FACTOR": 2,
             "NUM_VIEWS": 2, "COUNT_START_ZERO": False, "REPLACE_BAD_FRAMES": False,
-            "ALLOW_OUTSIDE_ROOT": False, "RESIZE": "antialias",
+            "ALLOW_OUTSIDE_ROOT": False, "RESIZE": "antialias", "SYNTHETIC_PRESET": "",
         },
         "MODEL": {
             "ARCH": "ViT-B/32", "DROP_PATH_RATE": 0.0, "PRETRAINED": None, "RESUME": None,
@@ -87,7 +89,7 @@ def _defaults():
             "ACCUMULATION_STEPS": 1, "LR_SCHEDULER": "cosine", "OPTIMIZER": "adamw",
             "AUTO_RESUME": False, "USE_CHECKPOINT": False, "AMP": "none", "CLIP_GRAD": 0.0,
             "USE_VIEW2": False, "W_SMOOTH": W_SMOOTH_DEFAULT, "W_SPARSE": W_SPARSE_DEFAULT,
-            "MIL_DETACH_WEIGHT": False, "LR_SCALING": "none", "LR_BASE_BATCH": 0,
+            "MIL_DETACH_WEIGHT": False, "LR_SCALING": "none", "LR_BASE_BATCH": 0, "TENSORBOARD": True,
         },
         "ADV_TRAIN": {
             "EPS": 2.0, "LOSS": "mil", "PSEUDO_LABEL": False, "PSEUDO_ANOMALY": False,
@@ -321,35 +323,6 @@ def load_config_file(path):
 
 
 # ---------------------------------------------------------------- command line
-class _FlagDefault(float):
-    """A float default that get_config can tell apart from the same value typed by the user."""
-
-
-def build_arg_parser(description="FrameShield"):
-    """The flags every stage script accepts; scripts may add their own before parsing."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("-cfg", "--config", required=True, metavar="FILE", help="YAML config file")
-    parser.add_argument("--opts", nargs="+", default=None, metavar="KEY VALUE",
-                        help="override config keys: --opts TRAIN.LR 1e-5 DATA.NUM_WORKERS 0")
-    parser.add_argument("--output", default=None, help="output folder (sets OUTPUT)")
-    parser.add_argument("--resume", default=None, help="checkpoint to resume from (sets MODEL.RESUME)")
-    parser.add_argument("--pretrained", default=None, help="pretrained weights (sets MODEL.PRETRAINED)")
-    parser.add_argument("--only_test", action="store_true", help="evaluate only (sets TEST.ONLY_TEST)")
-    parser.add_argument("--batch-size", type=int, default=None, help="sets TRAIN.BATCH_SIZE")
-    parser.add_argument("--accumulation-steps", type=int, default=None, help="sets TRAIN.ACCUMULATION_STEPS")
-    parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=-1,
-                        help="local rank (the LOCAL_RANK environment variable, set by torchrun, wins)")
-    parser.add_argument("--w-smooth", type=float, default=_FlagDefault(W_SMOOTH_DEFAULT),
-                        help="smoothness loss weight; sets TRAIN.W_SMOOTH only when given "
-                             f"(default: the config's value, {W_SMOOTH_DEFAULT} unless changed)")
-    parser.add_argument("--w-sparse", type=float, default=_FlagDefault(W_SPARSE_DEFAULT),
-                        help="sparsity loss weight; sets TRAIN.W_SPARSE only when given "
-                             f"(default: the config's value, {W_SPARSE_DEFAULT} unless changed)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="allow writing into an output folder that holds another run's results")
-    return parser
-
-
 def resolve_local_rank(args=None):
     """LOCAL_RANK from the environment (torchrun) if set, else ``args.local_rank``, else -1."""
     env = os.environ.get("LOCAL_RANK")
@@ -362,7 +335,7 @@ def resolve_local_rank(args=None):
 
 
 def _given(value):
-    return value is not None and not isinstance(value, _FlagDefault)
+    return value is not None and not isinstance(value, FlagDefault)
 
 
 def apply_flags(cfg, args, flag_values):

@@ -107,3 +107,41 @@ def write_stage_plots(out_dir, evals, title="", limit=16):
         paths += plot_videos(out_dir, clean["per_video"],
                              adversarial["per_video"] if adversarial else None, limit=limit)
     return paths
+
+
+def plot_training(path, rows, title=""):
+    """Training curves to ``path``: loss parts and LR per optimizer step, test metrics per epoch.
+
+    rows: metrics.csv rows (training.scalars.read_metrics): ``kind`` "train" rows with
+    ``step``, ``loss_<part>``, ``lr``; ``kind`` "eval" rows with ``epoch``, ``auc_all``,
+    ``auc_ano``, ``ap`` (and ``adv_*`` after an attack). Returns the path.
+    """
+    train = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    figure = Figure(figsize=(12, 3.4))
+    loss_axes, lr_axes, eval_axes = figure.subplots(1, 3)
+    steps = [r["step"] for r in train]
+    parts = [k for k in dict.fromkeys(k for r in train for k in r) if k.startswith("loss_")]
+    for key in parts:
+        values = [r.get(key) for r in train]
+        loss_axes.plot(steps, [np.nan if v is None else v for v in values], label=key[5:],
+                       linewidth=2 if key == "loss_total" else 1)
+    loss_axes.set(xlabel="optimizer step", ylabel="loss", title="loss parts (unweighted)")
+    if parts:
+        loss_axes.legend(fontsize="small")
+    lr_axes.plot(steps, [r.get("lr") for r in train], color="tab:green")
+    lr_axes.set(xlabel="optimizer step", ylabel="learning rate", title="LR")
+    lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    epochs = [r["epoch"] for r in evals]
+    for key, style in (("auc_all", "-o"), ("auc_ano", "-s"), ("ap", "-^"),
+                       ("adv_auc_all", "--o"), ("adv_auc_ano", "--s"), ("adv_ap", "--^")):
+        values = [r.get(key) for r in evals]
+        if any(v is not None for v in values):
+            eval_axes.plot(epochs, [np.nan if v is None else v for v in values], style, label=key, markersize=4)
+    eval_axes.set(xlabel="epoch", ylabel="frame-level metric", ylim=(0, 1.02), title="test")
+    if evals:
+        eval_axes.legend(fontsize="small", loc="lower right")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return save_figure(figure, path)

@@ -1,0 +1,96 @@
+"""Which config keys make two runs "the same run" in one output folder.
+
+A folder is compared with a new run only on the keys its contents depend on (see
+docs/CONFIG.md, "Output folders"):
+
+===================  ==========================================  ===================================
+folder holds          what made it                                keys compared
+===================  ==========================================  ===================================
+``checkpoints/*``     a training stage (main.py, main_advtrain.py)  every key but the run-mode keys,
+                                                                  ``ROBUSTNESS.*`` and ``ATTACK.EPS``
+                                                                  (never read by training)
+``pseudo_labels.json`` stage 2a (main_advtrain.py --only_test)   the scoring keys: ``DATA.*`` but
+                                                                  ``NUM_CLIPS``/``NUM_VIEWS`` (training
+                                                                  clips only), ``MODEL.*``, ``TEST.*``,
+                                                                  ``SEED``, ``TRAIN.AMP``
+results.json ``test``  main.py --only_test                       the scoring keys
+results.json, stage    main_attack.py                            the scoring keys, ``ATTACK.*``,
+``attack``                                                         ``ADV_TRAIN.EPS``, ``ROBUSTNESS.*``
+other results          unknown                                    every key but the run-mode keys
+nothing of the above   a run that failed before any result        nothing: the folder is not a run
+===================  ==========================================  ===================================
+
+So the training after stage 2a may change what only training reads (``TRAIN.EPOCHS``,
+``ADV_TRAIN.*``, ...) in the folder of its pseudo labels, and a run that failed before writing
+anything (a missing list file, a typo) leaves no "run" behind. The run-mode keys
+(:data:`RUN_MODE_KEYS`) are never compared: they say how a run is executed, not what it
+computes. A key absent from an older config.yaml counts as its default value.
+"""
+import json
+from pathlib import Path
+
+# Keys that say how a run is executed, not what it computes; they may differ between the
+# runs sharing one output folder (e.g. pseudo-label generation and the training after it).
+RUN_MODE_KEYS = {
+    "OUTPUT", "LOCAL_RANK", "PRINT_FREQ", "TEST.ONLY_TEST", "TEST.BATCH_SIZE", "MODEL.RESUME",
+    "TRAIN.AUTO_RESUME", "DATA.NUM_WORKERS", "DATA.PIN_MEMORY", "DATA.PERSISTENT_WORKERS",
+    "DATA.PREFETCH_FACTOR", "ATTACK.BATCH_SIZE", "TRAIN.TENSORBOARD", "DATA.SYNTHETIC_PRESET",
+}
+# Files whose presence marks a folder as holding results.
+RESULT_FILES = ("results.json", "scores.npz", "pseudo_labels.json")
+
+SCORING = ("DATA.", "MODEL.", "TEST.", "SEED", "TRAIN.AMP")
+ATTACKING = SCORING + ("ATTACK.", "ADV_TRAIN.EPS", "ROBUSTNESS.")
+NOT_READ_BY_TRAINING = ("ROBUSTNESS.", "ATTACK.EPS")
+TRAINING_CLIPS_ONLY = ("DATA.NUM_CLIPS", "DATA.NUM_VIEWS")  # how training clips are drawn, not segments
+
+
+def folder_contents(output: Path) -> list[str]:
+    """What ``output`` holds: a list of "training", "pseudo_labels", "evaluation", "attack",
+    "unknown" (empty: nothing that makes it a run)."""
+    output = Path(output)
+    kinds = []
+    if any((output / "checkpoints").glob("*")):
+        kinds.append("training")
+    if (output / "pseudo_labels.json").exists():
+        kinds.append("pseudo_labels")
+    results = output / "results.json"
+    if results.exists():
+        try:
+            data = json.loads(results.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        if not isinstance(data, dict):
+            kinds.append("unknown")
+        elif data.get("stage") == "attack":
+            kinds.append("attack")
+        elif "test" in data:
+            kinds.append("evaluation")
+        elif "pseudo_labels" in data and "history" not in data:
+            kinds.append("pseudo_labels")
+        elif "training" not in kinds:
+            kinds.append("unknown")  # a finished training's results without its checkpoints
+    elif (output / "scores.npz").exists() and not kinds:
+        kinds.append("unknown")
+    return sorted(set(kinds))
+
+
+def _matches(key, prefixes):
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
+
+
+def compared_keys(kinds, keys) -> set:
+    """The keys among ``keys`` (flat ``SECTION.KEY`` names) that a folder holding ``kinds`` is
+    compared on (module docstring)."""
+    keys = set(keys) - RUN_MODE_KEYS
+    chosen = set()
+    for kind in kinds:
+        if kind == "training":
+            chosen |= {k for k in keys if not _matches(k, NOT_READ_BY_TRAINING)}
+        elif kind in ("pseudo_labels", "evaluation"):
+            chosen |= {k for k in keys if _matches(k, SCORING) and not _matches(k, TRAINING_CLIPS_ONLY)}
+        elif kind == "attack":
+            chosen |= {k for k in keys if _matches(k, ATTACKING) and not _matches(k, TRAINING_CLIPS_ONLY)}
+        else:
+            chosen |= keys
+    return chosen
