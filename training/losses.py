@@ -15,7 +15,7 @@ def anomaly_probs(logits):
     return logits.softmax(dim=-1)[..., 1]
 
 
-def mil_loss(logits, video_labels, detach_weight=False):
+def mil_loss(logits, video_labels, detach_weight=False, normal="top"):
     """Multiple-instance loss: cross-entropy of each video's top-scoring clip.
 
     Per video the clip with the highest anomaly probability is selected (first one on
@@ -23,6 +23,10 @@ def mil_loss(logits, video_labels, detach_weight=False):
     cross-entropy is weighted by that clip's largest class probability (its confidence).
     As in the published code the weight is NOT detached by default, so the gradient also
     flows through the confidence; ``detach_weight=True`` treats it as a constant.
+    ``normal`` (TRAIN.MIL_NORMAL): 'top' (published) scores only the top clip of a normal
+    video too; 'all' scores every clip of a normal video against "normal" (mean over its K
+    clips, each weighted by its own confidence): the weak label says that none of a normal
+    video's clips is anomalous, so all of them are labelled instances, not just the max.
     Returns a scalar: mean over the B videos.
     """
     _check_logits(logits)
@@ -35,7 +39,18 @@ def mil_loss(logits, video_labels, detach_weight=False):
         weight = weight.detach()
     targets = (video_labels.reshape(-1) > 0).long().to(logits.device)
     ce = F.cross_entropy(top_logits, targets, reduction="none")
-    return (ce * weight).mean()
+    per_video = ce * weight
+    if normal == "all":
+        b, k, c = logits.shape
+        all_ce = F.cross_entropy(logits.reshape(b * k, c), torch.zeros(b * k, dtype=torch.long, device=logits.device),
+                                 reduction="none").reshape(b, k)
+        all_weight = probs.max(dim=-1).values
+        if detach_weight:
+            all_weight = all_weight.detach()
+        per_video = torch.where(targets > 0, per_video, (all_ce * all_weight).mean(dim=1))
+    elif normal != "top":
+        raise ValueError(f"TRAIN.MIL_NORMAL must be 'top' or 'all', got {normal!r}")
+    return per_video.mean()
 
 
 def smooth_loss(probs):
@@ -56,7 +71,7 @@ def clip_ce_loss(logits, clip_labels):
                            clip_labels.reshape(-1).long().to(logits.device))
 
 
-def promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight=False):
+def promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight=False, mil_normal="top"):
     """Stage-1 objective: mil + w_smooth * smooth + w_sparse * sparse.
 
     Returns ``(total, parts)``; ``parts`` holds the unweighted scalar tensors
@@ -64,7 +79,7 @@ def promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight=False
     """
     probs = anomaly_probs(logits)
     parts = {
-        "mil": mil_loss(logits, video_labels, detach_weight=detach_weight),
+        "mil": mil_loss(logits, video_labels, detach_weight=detach_weight, normal=mil_normal),
         "smooth": smooth_loss(probs),
         "sparse": sparse_loss(probs),
     }
@@ -74,7 +89,7 @@ def promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight=False
 
 
 def advtrain_loss(logits, video_labels, clip_labels, loss_type, w_smooth, w_sparse,
-                  detach_weight=False):
+                  detach_weight=False, mil_normal="top"):
     """Stage-2 objective on (adversarial) clips, as published.
 
     ``loss_type`` 'mil': the PromptMIL objective (mil + smooth + sparse);
@@ -84,7 +99,7 @@ def advtrain_loss(logits, video_labels, clip_labels, loss_type, w_smooth, w_spar
     named ``ce``).
     """
     if loss_type == "mil":
-        return promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight)
+        return promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight, mil_normal)
     if loss_type == "ce":
         probs = anomaly_probs(logits)
         parts = {"ce": clip_ce_loss(logits, clip_labels), "smooth": smooth_loss(probs)}
