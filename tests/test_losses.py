@@ -94,3 +94,18 @@ def test_mil_normal_all_scores_every_clip_of_normal_videos():
     assert torch.isclose(top, (ce[1] * probs[0, 1].max() + expected_anom) / 2)
     # anomalous videos only: both variants agree
     assert torch.isclose(mil_loss(logits[1:], labels[1:], normal="all"), mil_loss(logits[1:], labels[1:]))
+
+
+def test_mil_anomalous_bottom_adds_the_lowest_clip_as_normal():
+    import torch
+
+    from training.losses import mil_loss
+
+    logits = torch.tensor([[[0.0, 3.0], [1.0, 0.0], [2.0, 0.0]],    # anomalous video; clip 2 is the lowest
+                           [[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])   # normal video: unchanged
+    labels = torch.tensor([1, 0])
+    probs = logits.softmax(-1)
+    extra = -probs[0, 2, 0].log() * probs[0, 2].max()
+    plain = mil_loss(logits, labels, detach_weight=True)
+    bottom = mil_loss(logits, labels, detach_weight=True, anomalous_bottom=True)
+    assert torch.isclose(bottom, plain + extra / 2)
