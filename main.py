@@ -12,7 +12,7 @@ from utils.config import build_arg_parser
 
 def main(argv=None) -> int:
     args = build_arg_parser("FrameShield stage 1: PromptMIL training and testing").parse_args(argv)
-    from datasets.build import build_test_loader, build_train_loader
+    from datasets.build import build_test_loader, build_val_loader, build_train_loader
     from utils import dist
     from evaluation.scoring import evaluate
     from training import engine, stage as stages, steps
@@ -30,7 +30,8 @@ def main(argv=None) -> int:
         model = stages.build_model(stage)
         train_loader = build_train_loader(stage.cfg, stage.dist)
         best = stages.BestEvaluation(stage)
-        summary = engine.fit(stage, model, train_loader, test_loader, tokens, steps.promptmil_step, best)
+        summary = engine.fit(stage, model, train_loader, test_loader, tokens, steps.promptmil_step, best,
+                             val_loader=build_val_loader(stage.cfg, stage.dist))
         if not summary["stopped"]:
             stages.report_training(stage, summary, best.result)
         return 0

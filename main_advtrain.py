@@ -14,7 +14,8 @@ from utils.config import build_arg_parser
 
 def main(argv=None) -> int:
     args = build_arg_parser("FrameShield stage 2: pseudo labels and adversarial training").parse_args(argv)
-    from datasets.build import build_test_loader, build_train_as_test_loader, build_train_loader
+    from datasets.synthetic import true_intervals
+    from datasets.build import build_test_loader, build_val_loader, build_train_as_test_loader, build_train_loader
     from utils import dist
     from attacks.settings import attack_settings, describe
     from training import engine, pseudo_labels, stage as stages, steps
@@ -31,9 +32,16 @@ def main(argv=None) -> int:
             if stage.is_main:
                 pseudo_labels.write_pseudo_labels(target, labels)
                 stage.logger.info(f"wrote {target} ({len(labels)} videos)")
+            anomalous = {r.path for r in loader.dataset.records if r.is_anomalous}
+            results = {"pseudo_labels": str(target), "checkpoint": stages.weights_to_test(stage),
+                       "rule": cfg.ADV_TRAIN.PSEUDO_LABEL_RULE, **pseudo_labels.summarise(labels, anomalous)}
+            truth = true_intervals(cfg.DATA.ROOT)
+            if truth is not None:  # synthetic data: the generator knows every training interval
+                results["agreement"] = pseudo_labels.agreement(labels, truth)
+                stage.logger.info(f"pseudo labels vs the true clip labels of the anomalous videos: "
+                                  f"{results['agreement']}")
             # results.json of this step (the training that follows in this folder replaces it)
-            stages.write_results(stage, {"pseudo_labels": str(target), "checkpoint": stages.weights_to_test(stage),
-                                         **pseudo_labels.summarise(labels)})
+            stages.write_results(stage, results)
             dist.barrier()
             return 0
         train_loader = build_train_loader(cfg, stage.dist)
@@ -46,7 +54,8 @@ def main(argv=None) -> int:
         best = stages.BestEvaluation(stage)
         step = steps.make_advtrain_step(labels)
         stage.logger.info("adversarial training, inner attack: " + describe(attack_settings(cfg, "train")))
-        summary = engine.fit(stage, model, train_loader, test_loader, tokens, step, best)
+        summary = engine.fit(stage, model, train_loader, test_loader, tokens, step, best,
+                             val_loader=build_val_loader(cfg, stage.dist))
         if not summary["stopped"]:
             summary["pseudo_labels"] = str(target) if labels is not None else None
             summary["attack"] = attack_settings(cfg, "train")

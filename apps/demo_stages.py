@@ -46,6 +46,10 @@ DEMO_PRESETS = {
                        train_opts=("TRAIN.EPOCHS", 4), adv_opts=("TRAIN.EPOCHS", 2)),
     "large": DemoPreset("large", "400 / 160 longer videos, same schedule",
                         train_opts=(), adv_opts=()),
+    # the second synthetic family (datasets.synthetic_variant), same configs: the recipe was not tuned on it
+    "variant": DemoPreset("variant", "150 / 60 videos of the variant family (other scenes, 48 px, other events)"),
+    "variant_fast": DemoPreset("variant_small", "12 / 8 variant videos, short schedule",
+                               train_opts=("TRAIN.EPOCHS", 4), adv_opts=("TRAIN.EPOCHS", 2)),
     # the CI test's end-to-end run: a few videos, one epoch per stage, tiny clips
     "ci": DemoPreset("small", "CI smoke run: 12 / 8 videos, one epoch per stage, 4 clips x 2 frames",
                      train_opts=_CI_CLIPS + ("TRAIN.EPOCHS", 1, "TRAIN.WARMUP_EPOCHS", 0),
@@ -111,9 +115,10 @@ def data_root_for(preset: str, data_dir=None) -> Path:
 def plan_stages(preset: str, seeds, output: Path, data_root: Path, num_workers: int) -> list:
     """The stages of every seed in priority order (training first, then the attacks)."""
     spec = DEMO_PRESETS[preset]
-    data = ["DATA.ROOT", str(data_root), "DATA.TRAIN_FILE", str(data_root / "train.txt"),
-            "DATA.VAL_FILE", str(data_root / "test.txt"), "DATA.NUM_WORKERS", num_workers,
-            "DATA.SYNTHETIC_PRESET", spec.data]
+    # models are chosen on the validation split of the training videos (val.txt), trained on the rest
+    data = ["DATA.ROOT", str(data_root), "DATA.TRAIN_FILE", str(data_root / "train_fit.txt"),
+            "DATA.VAL_FILE", str(data_root / "test.txt"), "DATA.VAL_SPLIT_FILE", str(data_root / "val.txt"),
+            "DATA.NUM_WORKERS", num_workers]
     stages = []
     for seed in seeds:
         root = output / f"seed{seed}"

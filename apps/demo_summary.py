@@ -49,8 +49,10 @@ def collect(output: Path, seeds, data_root: Path) -> dict:
             row[model].update(clean_ap=results["clean"]["ap"], adv_ap=results["adversarial"]["ap"])
             attack = results["attack"]
         row["pseudo_labels"] = pseudo_label_agreement(root / "pseudo_labels" / "pseudo_labels.json", data_root)
+        row["selection"] = selection_of(root)
         per_seed[str(seed)] = row
-    summary = {"models": {}, "per_seed": per_seed, "attack": attack, "curves": training_curves(output, seeds)}
+    summary = {"models": {}, "per_seed": per_seed, "attack": attack, "curves": training_curves(output, seeds),
+               "select": per_seed[str(seeds[0])]["selection"].get("baseline", {}).get("select")}
     for model, (title, _) in MODELS.items():
         stats = {}
         for name in per_seed[str(seeds[0])][model]:
@@ -76,18 +78,31 @@ def training_curves(output: Path, seeds) -> dict:
     return curves
 
 
+def selection_of(root: Path) -> dict:
+    """{training stage: {"select", "epoch", "epochs"}}: which epoch each trained model is (TRAIN.SELECT)."""
+    out = {}
+    for model in MODELS:
+        try:
+            results = read_json(root / model / "results.json")
+        except (OSError, ValueError):
+            continue
+        best = results.get("best") or {}
+        out[model] = {"select": results.get("select", "test"), "epoch": best.get("epoch"), "epochs": results.get("epochs")}
+    return out
+
+
 def check_claims(models: dict) -> dict:
-    """The demo's targets (issue: mean over seeds), each with the measured value."""
+    """The demo's targets (issue #17: means over seeds), each with the measured value."""
     base, shield = models["baseline"], models["frameshield"]
     drop = base["clean_auc_all"]["mean"] - base["adversarial_auc_all"]["mean"]
     gain = shield["adversarial_auc_all"]["mean"] - base["adversarial_auc_all"]["mean"]
-    gap = abs(shield["clean_auc_all"]["mean"] - base["clean_auc_all"]["mean"])
+    loss = base["clean_auc_all"]["mean"] - shield["clean_auc_all"]["mean"]
     return {
-        "baseline clean AUC@all >= 0.85": {"value": base["clean_auc_all"]["mean"],
-                                           "holds": base["clean_auc_all"]["mean"] >= 0.85},
+        "baseline clean AUC@all >= 0.80": {"value": base["clean_auc_all"]["mean"],
+                                           "holds": base["clean_auc_all"]["mean"] >= 0.80},
         "PGD drops baseline AUC@all by >= 0.30": {"value": drop, "holds": drop >= 0.30},
-        "FrameShield adv AUC@all beats baseline's by >= 0.20": {"value": gain, "holds": gain >= 0.20},
-        "FrameShield clean AUC@all within 0.05 of baseline": {"value": gap, "holds": gap <= 0.05},
+        "FrameShield adv AUC@all beats baseline's by >= 0.15": {"value": gain, "holds": gain >= 0.15},
+        "FrameShield clean AUC@all at most 0.05 below baseline": {"value": loss, "holds": loss <= 0.05},
     }
 
 
@@ -97,7 +112,10 @@ def summary_markdown(summary: dict, seeds, meta: dict) -> str:
     lines = [f"# FrameShield demo ({meta['preset']} preset)", "",
              f"Frame-level AUROC on the synthetic test set ({spread}). Attack: L-inf PGD, "
              f"eps {attack['eps_255']:g}/255, {attack['steps']} steps of {attack['step_size_255']:.3g}/255, "
-             "every test segment pushed away from its true label.", "",
+             "every test segment pushed away from its true label. Every trained model is the epoch kept by "
+             f"TRAIN.SELECT {summary.get('select') or 'test'}"
+             + (" (best AUC@all on the validation split of the training videos; the test split is never "
+                "chosen on)" if summary.get("select") == "val" else "") + ".", "",
              "| model | " + " | ".join(METRIC_TITLES) + " |", "|---|" + "---|" * len(METRICS)]
     for model, stats in summary["models"].items():
         cells = []

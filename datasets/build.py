@@ -200,6 +200,14 @@ def build_test_loader(cfg, list_file=None, dist_info=None):
     return _segment_loader(cfg, list_file, "auto", dist_info)
 
 
+def build_val_loader(cfg, dist_info=None):
+    """Loader over DATA.VAL_SPLIT_FILE (held-back training videos in test-list format, for
+    TRAIN.SELECT 'val'), or None when the key is empty."""
+    if not cfg.DATA.VAL_SPLIT_FILE:
+        return None
+    return _segment_loader(cfg, cfg.DATA.VAL_SPLIT_FILE, "test", dist_info)
+
+
 def build_train_as_test_loader(cfg, dist_info=None):
     """Deterministic loader over ``DATA.TRAIN_FILE`` segmented like the test loader."""
     return _segment_loader(cfg, cfg.DATA.TRAIN_FILE, "train", dist_info)

@@ -16,6 +16,8 @@ Layout written under ``root`` (ShanghaiTech-style lists, see docs/DATASETS.md)::
 
     frames/{train,test}/<SS_NNNN>/img_{:08}.jpg   frames numbered from 0, 64x64 RGB JPEG
     train.txt   <dir> 0 <num_frames> <label>                 (video label only: weak supervision)
+    train_fit.txt  train.txt without the validation videos   (what TRAIN.SELECT val trains on)
+    val.txt     the held-back training videos in test-list format, with their true intervals
     test.txt    <dir> <num_frames> <label> <start> <end>     (normal videos: 0 <num_frames>)
     labels.csv  id,name / 0,normal / 1,abnormal
     meta.json   preset, seed, counts, per-video scene, anomaly type and interval (train too)
@@ -24,7 +26,7 @@ Every video is rendered from its own random streams seeded by (seed, split, inde
 output is byte-identical for the same seed and preset. The whole dataset is written into
 a temporary sibling folder and renamed into place, so a reader never sees half a dataset.
 
-CLI: ``python -m datasets.synthetic --out data/synthetic [--preset small|default|large]
+CLI: ``python -m datasets.synthetic --out data/synthetic [--preset small|default|large|variant|variant_small]
 [--seed S] [--overwrite] [--montage docs/images/synthetic_examples.png]``.
 """
 from __future__ import annotations
@@ -44,6 +46,8 @@ from PIL import Image, ImageDraw
 
 from datasets.synthetic_world import (ANOMALY_TYPES, FILENAME_TMPL, FRAME_SIZE, GENERATOR, GENERATOR_VERSION,
                                       JPEG_QUALITY, NUM_SCENES, SPLITS, VideoSpec, get_scene, render_video)
+from datasets.synthetic_variant import (VARIANT_ANOMALY_TYPES, VARIANT_FRAME_SIZE, VARIANT_NUM_SCENES, VARIANT_TAG,
+                                        get_variant_scene, render_variant_video)
 from utils.errors import ConfigError, DataError
 from utils.io import atomic_path, atomic_write_json, atomic_write_text
 
@@ -59,13 +63,34 @@ class Preset:
     test_anomalous_fraction: float = 0.5
     min_cover: float = 0.15
     max_cover: float = 0.40
+    family: str = "default"  # "variant": the second world (datasets.synthetic_variant)
 
 
 DATASET_PRESETS = {
     "small": Preset(num_train=12, num_test=8, min_frames=32, max_frames=48),
     "default": Preset(num_train=150, num_test=60, min_frames=64, max_frames=96),
     "large": Preset(num_train=400, num_test=160, min_frames=64, max_frames=128),
+    # the family nobody tunes on: other scenes, 48 px frames, other events and speeds, other lengths
+    "variant": Preset(num_train=150, num_test=60, min_frames=48, max_frames=128, min_cover=0.12,
+                      max_cover=0.45, family="variant"),
+    "variant_small": Preset(num_train=12, num_test=8, min_frames=32, max_frames=56, min_cover=0.12,
+                            max_cover=0.45, family="variant"),
 }
+
+
+def _family(preset):
+    """(anomaly types, number of scenes, seed-key tag or None, frame size, scene names) of a preset."""
+    if preset.family == "variant":
+        return (VARIANT_ANOMALY_TYPES, VARIANT_NUM_SCENES, VARIANT_TAG, VARIANT_FRAME_SIZE,
+                [get_variant_scene(i).name for i in range(VARIANT_NUM_SCENES)])
+    return ANOMALY_TYPES, NUM_SCENES, None, FRAME_SIZE, [get_scene(i).name for i in range(NUM_SCENES)]
+
+
+def render(spec: VideoSpec, with_event: bool = True) -> np.ndarray:
+    """The frames of ``spec`` in its family's world."""
+    if spec.family == "variant":
+        return render_variant_video(spec, with_event)
+    return render_video(spec, with_event)
 
 
 # --------------------------------------------------------------------------- planning
@@ -74,11 +99,12 @@ DATASET_PRESETS = {
 def _plan_split(preset, seed, split):
     count = preset.num_train if split == "train" else preset.num_test
     fraction = preset.train_anomalous_fraction if split == "train" else preset.test_anomalous_fraction
-    rng = np.random.default_rng([seed, SPLITS.index(split), 1_000_003])
+    types, num_scenes, tag, _, _ = _family(preset)
+    rng = np.random.default_rng([seed, SPLITS.index(split), 1_000_003] + ([tag] if tag is not None else []))
     n_anom = int(round(count * fraction))
-    kinds = [ANOMALY_TYPES[i % len(ANOMALY_TYPES)] for i in range(n_anom)] + [None] * (count - n_anom)
+    kinds = [types[i % len(types)] for i in range(n_anom)] + [None] * (count - n_anom)
     kinds = [kinds[i] for i in rng.permutation(count)]
-    scenes = rng.permutation(np.arange(count) % NUM_SCENES)
+    scenes = rng.permutation(np.arange(count) % num_scenes)
     specs = []
     for index, (kind, scene) in enumerate(zip(kinds, scenes)):
         num_frames = int(rng.integers(preset.min_frames, preset.max_frames + 1))
@@ -88,7 +114,7 @@ def _plan_split(preset, seed, split):
             length = max(4, min(length, num_frames - 1))
             start = int(rng.integers(1, num_frames - length + 1))
             interval = (start, start + length)
-        specs.append(VideoSpec(split, index, int(scene), num_frames, kind, interval, seed))
+        specs.append(VideoSpec(split, index, int(scene), num_frames, kind, interval, seed, preset.family))
     return specs
 
 
@@ -116,16 +142,20 @@ def _meta(preset, seed, specs):
         counts[split] = {"videos": len(chosen), "anomalous": sum(s.label for s in chosen),
                          "frames": sum(s.num_frames for s in chosen),
                          "anomalous_frames": sum(s.interval[1] - s.interval[0] for s in chosen if s.anomaly)}
-    return {
+    types, _, _, frame_size, scene_names = _family(DATASET_PRESETS[preset])
+    meta = {
         "generator": GENERATOR, "generator_version": GENERATOR_VERSION,
         "preset": preset, "seed": seed, "preset_sizes": DATASET_PRESETS[preset].__dict__,
-        "frame_size": FRAME_SIZE, "filename_tmpl": FILENAME_TMPL, "jpeg_quality": JPEG_QUALITY,
-        "scenes": [get_scene(i).name for i in range(NUM_SCENES)], "anomaly_types": list(ANOMALY_TYPES),
+        "frame_size": frame_size, "filename_tmpl": FILENAME_TMPL, "jpeg_quality": JPEG_QUALITY,
+        "scenes": scene_names, "anomaly_types": list(types),
         "counts": counts,
-        "videos": {s.rel_dir: {"split": s.split, "scene": get_scene(s.scene).name, "num_frames": s.num_frames,
+        "videos": {s.rel_dir: {"split": s.split, "scene": scene_names[s.scene], "num_frames": s.num_frames,
                                "label": s.label, "anomaly": s.anomaly,
                                "interval": list(s.interval) if s.interval else None} for s in specs},
     }
+    if DATASET_PRESETS[preset].family == "default":  # the default family's meta.json stays byte-identical
+        meta["preset_sizes"] = {k: v for k, v in meta["preset_sizes"].items() if k != "family"}
+    return meta
 
 
 # --------------------------------------------------------------------------- writing
@@ -133,7 +163,61 @@ def _meta(preset, seed, specs):
 
 def _result_paths(root):
     return {"root": root, "train_list": root / "train.txt", "test_list": root / "test.txt",
-            "labels": root / "labels.csv", "meta": root / "meta.json", "frames": root / "frames"}
+            "labels": root / "labels.csv", "meta": root / "meta.json", "frames": root / "frames",
+            "train_fit_list": root / "train_fit.txt", "val_list": root / "val.txt"}
+
+
+VAL_EVERY = 5  # every 5th anomalous and every 5th normal training video is held back (20 %)
+
+
+def validation_split(meta) -> tuple[list, list]:
+    """(fit, val) rel_dirs of the training videos: a deterministic, label-stratified 20 %.
+
+    Synthetic training videos have known intervals (meta.json), so a held-back part of them
+    can be scored like a test list: model selection (TRAIN.SELECT val) and every setting of
+    the demo are chosen on it, never on the test split. Chosen by position within each
+    label (every VAL_EVERY-th), so both labels are represented and the split depends on
+    nothing but the dataset.
+    """
+    train = sorted(k for k, v in meta["videos"].items() if v["split"] == "train")
+    val = []
+    for label in (0, 1):
+        same = [k for k in train if meta["videos"][k]["label"] == label]
+        val += same[VAL_EVERY - 1::VAL_EVERY]
+    val_set = set(val)
+    return [k for k in train if k not in val_set], sorted(val)
+
+
+def true_intervals(root) -> dict | None:
+    """{video rel_dir: (start, end) or None} of every video of the synthetic dataset at ``root``
+    (train videos too), or None when ``root`` holds no synthetic dataset. For reports only:
+    training never reads it."""
+    meta = _read_meta(Path(root)) if root else None
+    if meta is None:
+        return None
+    return {k: tuple(v["interval"]) if v.get("interval") else None for k, v in meta["videos"].items()}
+
+
+def write_validation_split(root) -> dict:
+    """Write ``train_fit.txt`` and ``val.txt`` of the synthetic dataset at ``root`` from its
+    meta.json (cheap: no frames are rendered); returns the dataset's paths."""
+    root = Path(root).absolute()
+    paths = _result_paths(root)
+    meta = _read_meta(root)
+    if meta is None:
+        raise DataError(f"{root} holds no synthetic dataset (no meta.json of {GENERATOR})")
+    fit, val = validation_split(meta)
+    videos = meta["videos"]
+    fit_text = "".join(f"{k} 0 {videos[k]['num_frames']} {videos[k]['label']}\n" for k in fit)
+    val_lines = []
+    for k in val:
+        v = videos[k]
+        start, end = v["interval"] if v["interval"] else (0, v["num_frames"])
+        val_lines.append(f"{k} {v['num_frames']} {v['label']} {start} {end}\n")
+    for path, text in ((paths["train_fit_list"], fit_text), (paths["val_list"], "".join(val_lines))):
+        if not path.is_file() or path.read_text() != text:
+            atomic_write_text(path, text)
+    return paths
 
 
 def _read_meta(root):
@@ -154,7 +238,7 @@ def _write_dataset(folder, preset, seed, specs):
     for spec in specs:
         video_dir = folder / spec.rel_dir
         video_dir.mkdir(parents=True)
-        for t, frame in enumerate(render_video(spec)):
+        for t, frame in enumerate(render(spec)):
             Image.fromarray(frame).save(video_dir / FILENAME_TMPL.format(t), format="JPEG",
                                         quality=JPEG_QUALITY, subsampling=0)
     train_text, test_text = _list_lines(specs)
@@ -182,7 +266,7 @@ def make_synthetic_dataset(root, preset: str = "default", seed: int = 0, overwri
             raise DataError(f"synthetic dataset root {root} exists and is not a folder; choose another --out")
         meta = _read_meta(root)
         if _is_same(meta, preset, seed):
-            return paths
+            return write_validation_split(root)
         if any(root.iterdir()):
             if meta is None:
                 raise DataError(f"{root} is not empty and holds no synthetic dataset (no meta.json of "
@@ -199,7 +283,7 @@ def make_synthetic_dataset(root, preset: str = "default", seed: int = 0, overwri
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return paths
+    return write_validation_split(root)
 
 
 def _move_into_place(staging, root, preset, seed):

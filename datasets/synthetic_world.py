@@ -36,6 +36,7 @@ class VideoSpec:
     anomaly: str | None
     interval: tuple[int, int] | None
     seed: int
+    family: str = "default"  # "variant": drawn by datasets.synthetic_variant
 
     @property
     def name(self) -> str:

@@ -109,9 +109,9 @@ def test_claims_follow_the_means():
 
     claims = demo_summary.check_claims({"baseline": stats(0.9, 0.5), "frameshield": stats(0.88, 0.75)})
     assert [c["holds"] for c in claims.values()] == [True, True, True, True]
-    claims = demo_summary.check_claims({"baseline": stats(0.8, 0.6), "frameshield": stats(0.7, 0.65)})
+    claims = demo_summary.check_claims({"baseline": stats(0.79, 0.6), "frameshield": stats(0.7, 0.65)})
     assert [c["holds"] for c in claims.values()] == [False, False, False, False]
-    assert np.isclose(claims["PGD drops baseline AUC@all by >= 0.30"]["value"], 0.2)
+    assert np.isclose(claims["PGD drops baseline AUC@all by >= 0.30"]["value"], 0.19)
 
 
 def test_summary_markdown_lists_every_seed():

@@ -16,7 +16,7 @@ from evaluation import scoring
 from evaluation.metrics import choose_threshold
 from training import engine, steps
 from utils.config import get_default_config
-from utils.errors import TrainingError
+from utils.errors import ConfigError, TrainingError
 from training.losses import advtrain_loss, promptmil_loss
 from training.pseudo_labels import VideoPseudoLabels
 from tests.cfg_helpers import apply_overrides
@@ -388,3 +388,30 @@ def test_data_workers_survive_sigterm():
     # resuming inside an epoch rebuilds the loader: the protection is kept
     rest = engine.remaining_batches(loader, 1)
     assert [b.tolist() for b in rest] == [[2, 3]]
+
+
+def test_selection_rules():
+    from training.engine import score_distribution, selection_rule, selection_value
+
+    row = {"auc_all": 0.9, "val_auc_all": 0.7}
+    assert selection_value("test", row, 3) == 0.9
+    assert selection_value("val", row, 3) == 0.7
+    assert selection_value("last", row, 3) < selection_value("last", row, 4)  # the latest always wins
+    cfg = SimpleNamespace(TRAIN=SimpleNamespace(SELECT="val"))
+    with pytest.raises(TrainingError, match="VAL_SPLIT_FILE"):
+        selection_rule(cfg, None)
+    result = {"per_video": {"n": {"scores": [0.1, 0.3], "labels": [0, 0]},
+                            "a": {"scores": [0.2, 0.9, 0.8], "labels": [0, 1, 1]}}}
+    dist = score_distribution(result)
+    assert dist == pytest.approx({"p_normal_videos": 0.2, "p_anomalous_videos_normal": 0.2, "p_anomalous_frames": 0.85})
+
+
+def test_select_val_needs_a_validation_list():
+    from utils.config import get_default_config, merge_opts, _validate
+
+    cfg = get_default_config()
+    merge_opts(cfg, ["TRAIN.SELECT", "val"])
+    with pytest.raises(ConfigError, match="DATA.VAL_SPLIT_FILE"):
+        _validate(cfg)
+    merge_opts(cfg, ["DATA.VAL_SPLIT_FILE", "val.txt"])
+    _validate(cfg)

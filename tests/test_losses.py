@@ -74,3 +74,38 @@ def test_clip_ce_and_advtrain_ce():
 def test_bad_logits_shape_is_reported():
     with pytest.raises(ValueError, match=r"\[B, K, C\]"):
         losses.mil_loss(torch.zeros(4, 2), torch.zeros(4))
+
+
+def test_mil_normal_all_scores_every_clip_of_normal_videos():
+    import torch
+
+    from training.losses import mil_loss
+
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]],    # normal video, clip 1 looks anomalous
+                           [[0.0, 3.0], [1.0, 0.0], [2.0, 0.0]]])   # anomalous video
+    labels = torch.tensor([0, 1])
+    top = mil_loss(logits, labels, detach_weight=True)
+    every = mil_loss(logits, labels, detach_weight=True, normal="all")
+    probs = logits.softmax(-1)
+    ce = -probs[0, :, 0].log()
+    expected_normal = (ce * probs[0].max(-1).values).mean()
+    expected_anom = -probs[1, 0, 1].log() * probs[1, 0].max()
+    assert torch.isclose(every, (expected_normal + expected_anom) / 2)
+    assert torch.isclose(top, (ce[1] * probs[0, 1].max() + expected_anom) / 2)
+    # anomalous videos only: both variants agree
+    assert torch.isclose(mil_loss(logits[1:], labels[1:], normal="all"), mil_loss(logits[1:], labels[1:]))
+
+
+def test_mil_anomalous_bottom_adds_the_lowest_clip_as_normal():
+    import torch
+
+    from training.losses import mil_loss
+
+    logits = torch.tensor([[[0.0, 3.0], [1.0, 0.0], [2.0, 0.0]],    # anomalous video; clip 2 is the lowest
+                           [[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])   # normal video: unchanged
+    labels = torch.tensor([1, 0])
+    probs = logits.softmax(-1)
+    extra = -probs[0, 2, 0].log() * probs[0, 2].max()
+    plain = mil_loss(logits, labels, detach_weight=True)
+    bottom = mil_loss(logits, labels, detach_weight=True, anomalous_bottom=True)
+    assert torch.isclose(bottom, plain + extra / 2)

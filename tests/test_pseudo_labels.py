@@ -8,8 +8,8 @@ import torch
 
 from datasets.sampling import train_clip_indices, video_segments
 from utils.errors import DataError
-from training.pseudo_labels import (VideoPseudoLabels, pseudo_label_path, read_pseudo_labels, summarise,
-                                 write_pseudo_labels)
+from training.pseudo_labels import (VideoPseudoLabels, agreement, apply_rule, pseudo_label_path, read_pseudo_labels,
+                                   summarise, write_pseudo_labels)
 
 
 def record(path, num_frames, label):
@@ -165,4 +165,45 @@ def test_default_path_is_in_output():
 
 def test_summary_counts():
     summary = summarise(sample_labels())
-    assert summary == {"videos": 3, "segments": 9, "abnormal_segments": 3, "abnormal_fraction": 3 / 9}
+    assert summary == {"videos": 3, "segments": 9, "anomalous_videos": 3, "anomalous_video_segments": 9,
+                       "abnormal_segments": 3, "abnormal_fraction": 3 / 9}
+    # only the anomalous videos' segments count: a normal video's segments are never "labelled abnormal"
+    labels = sample_labels()
+    labels["train/normal_0"].labels[:] = 1
+    summary = summarise(labels, anomalous={"train/abnormal_0", "train/abnormal_1"})
+    assert summary["anomalous_video_segments"] == 7 and summary["abnormal_segments"] == 3
+    assert summary["abnormal_fraction"] == 3 / 7 and summary["segments"] == 9
+
+
+def test_rules_argmax_and_normal_quantile():
+    scores = {"n0": np.array([0.6, 0.7, 0.8, 0.65]), "a0": np.array([0.7, 0.9, 0.95]), "a1": np.array([0.55, 0.6])}
+    classes = {k: (v > 0.5).astype(int) for k, v in scores.items()}
+    anomalous = {"a0", "a1"}
+    labels, thr = apply_rule(scores, classes, anomalous, "argmax", 0.9)
+    assert thr is None and labels["a0"].tolist() == [1, 1, 1] and labels["n0"].tolist() == [0, 0, 0, 0]
+    # miscalibrated (everything > 0.5): the quantile of the normal videos' scores still separates
+    labels, thr = apply_rule(scores, classes, anomalous, "normal_quantile", 0.75)
+    assert thr == pytest.approx(np.quantile(scores["n0"], 0.75))
+    assert labels["a0"].tolist() == [0, 1, 1]
+    assert labels["a1"].tolist() == [0, 1]  # below the threshold, but the top segment is always 1
+    assert labels["n0"].tolist() == [0, 0, 0, 0]
+    with pytest.raises(DataError, match="PSEUDO_LABEL_RULE"):
+        apply_rule({"a0": scores["a0"]}, classes, {"a0"}, "normal_quantile", 0.9)
+
+
+def test_agreement_with_true_intervals():
+    labels = sample_labels()  # abnormal_0 segments start 0, 10, 20, 30, 40 (frames s, s+2, s+4)
+    result = agreement(labels, {"train/abnormal_0": (10, 25), "train/normal_0": None})
+    # truth [0, 1, 1, 0, 0] == labels: all five agree
+    assert result == {"accuracy": 1.0, "recall": 1.0, "precision": 1.0, "segments": 5}
+    assert agreement(labels, {}) is None
+
+
+def test_scores_round_trip(tmp_path):
+    path = tmp_path / "p.json"
+    labels = sample_labels()
+    labels["train/abnormal_1"].scores = np.array([0.9, 0.25])
+    write_pseudo_labels(path, labels)
+    back = read_pseudo_labels(path, RECORDS)
+    np.testing.assert_allclose(back["train/abnormal_1"].scores, [0.9, 0.25])
+    assert back["train/abnormal_0"].scores is None

@@ -157,3 +157,44 @@ def test_cli_writes_dataset_and_montage(tmp_path, capsys):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "f").write_text("x")
     assert synthetic.main(["--out", str(tmp_path / "busy"), "--preset", "small"]) == 2
+
+
+def test_validation_split_is_held_out_of_training_with_true_intervals(small):
+    paths, meta = small
+    fit = parse_list_file(paths["train_fit_list"], kind="train")
+    val = parse_list_file(paths["val_list"], kind="test")
+    full = parse_list_file(paths["train_list"], kind="train")
+    assert {r.path for r in fit} | {r.path for r in val} == {r.path for r in full}
+    assert not {r.path for r in fit} & {r.path for r in val}
+    assert {r.label for r in val} == {0, 1}  # both labels held back
+    for rec in val:
+        info = meta["videos"][rec.path]
+        assert info["split"] == "train" and rec.num_frames == info["num_frames"]
+        assert rec.label == info["label"]
+        if info["interval"]:
+            assert rec.intervals == [tuple(info["interval"])]
+    assert synthetic.true_intervals(paths["root"])[val[0].path] == (tuple(meta["videos"][val[0].path]["interval"])
+                                                                   if meta["videos"][val[0].path]["interval"] else None)
+
+
+def test_variant_family_differs_and_is_deterministic(tmp_path):
+    from datasets.synthetic_variant import VARIANT_ANOMALY_TYPES, VARIANT_FRAME_SIZE
+
+    specs = synthetic.plan_videos("variant_small", seed=0)
+    assert {s.family for s in specs} == {"variant"}
+    assert {s.anomaly for s in specs if s.anomaly} <= set(VARIANT_ANOMALY_TYPES)
+    default = synthetic.plan_videos("small", seed=0)
+    assert [s.num_frames for s in specs] != [s.num_frames for s in default]  # its own seed space
+    spec = next(s for s in specs if s.anomaly)
+    frames = synthetic.render(spec)
+    assert frames.shape == (spec.num_frames, VARIANT_FRAME_SIZE, VARIANT_FRAME_SIZE, 3)
+    np.testing.assert_array_equal(frames, synthetic.render(spec))
+    plain = synthetic.render(spec, with_event=False)
+    start, end = spec.interval
+    diff = np.abs(frames.astype(int) - plain).reshape(spec.num_frames, -1).max(1)
+    assert (diff[start:end] > 40).all() and (diff[:start] == 0).all() and (diff[end:] == 0).all()
+    paths = synthetic.make_synthetic_dataset(tmp_path / "v", preset="variant_small", seed=0)
+    meta = json.loads(paths["meta"].read_text())
+    assert meta["frame_size"] == VARIANT_FRAME_SIZE and meta["anomaly_types"] == list(VARIANT_ANOMALY_TYPES)
+    first = next(iter(meta["videos"]))
+    assert Image.open(paths["root"] / first / synthetic.FILENAME_TMPL.format(0)).size == (48, 48)

@@ -241,7 +241,7 @@ def _scheduler_step(scheduler, step):
 
 
 # ----------------------------------------------------------------------------- the epoch loop
-def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=None):
+def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=None, val_loader=None):
     """Train TRAIN.EPOCHS epochs (continuing a resumed run), evaluating every SAVE_FREQ epochs.
 
     Checkpoints (training.checkpoint): ``last`` after every epoch and on a stop signal (with the
@@ -250,6 +250,12 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
     evaluated frames (see :func:`choose_threshold`). ``on_best(eval_result, epoch)`` is called
     on every rank when a new best is found (the stage writes scores and plots there).
     Returns a summary dict for results.json; ``summary["stopped"]`` is True after a signal.
+
+    Which evaluation is "best" follows TRAIN.SELECT: ``test`` (published) the best test
+    AUC@all, ``val`` the best AUC@all on ``val_loader`` (DATA.VAL_SPLIT_FILE, held-back
+    training videos; the test split is still scored every epoch, for the curves, but never
+    chosen on), ``last`` the latest evaluation. With a validation loader the score threshold
+    is chosen on the validation frames. History rows hold ``val_auc_all``/``val_ap`` then.
     """
     from datasets.build import set_loader_epoch
     from utils import signals
@@ -271,8 +277,9 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
         resumed_from = str(path)
     ddp_model = dist.wrap_model(model, stage.dist)
     scalars = open_scalars(stage, resume=(state.step, state.epoch) if path is not None else None)
-    for loader in (train_loader, test_loader):
+    for loader in (train_loader, test_loader, val_loader):
         protect_workers_from_sigterm(loader)
+    select = selection_rule(cfg, val_loader)
     signals.install_stop_handler()
     timings = {"train_s": 0.0, "eval_s": 0.0}
     try:
@@ -294,18 +301,29 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
                 result = evaluate(ddp_model, test_loader, text_tokens, cfg, logger, desc=f"test epoch {state.epoch}")
                 timings["eval_s"] += time.time() - started
                 metrics = result["metrics"]
-                state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
-                scalars.evaluation(state.step, state.epoch, metrics)
-                value = metrics["auc_all"]
+                chosen_on = result
+                row = {"epoch": state.epoch, "step": state.step, **metrics}
+                if val_loader is not None:
+                    started = time.time()
+                    chosen_on = evaluate(ddp_model, val_loader, text_tokens, cfg, logger, desc=f"val epoch {state.epoch}")
+                    timings["eval_s"] += time.time() - started
+                    row.update({f"val_{k}": v for k, v in chosen_on["metrics"].items() if k in VAL_KEYS})
+                    row.update({f"val_{k}": v for k, v in score_distribution(chosen_on["eval"]).items()})
+                    logger.info(f"epoch {state.epoch}: val AUC@all {row['val_auc_all']:.4f}, test AUC@all "
+                                f"{metrics['auc_all']:.4f} (TRAIN.SELECT {select})")
+                state.history.append(row)
+                scalars.evaluation(state.step, state.epoch, row)
+                value = selection_value(select, row, state.epoch)
                 if np.isfinite(value) and value > state.best_metric:
                     state.best_metric = float(value)
-                    state.best = {"epoch": state.epoch, **metrics}
-                    state.threshold = choose_threshold(result["eval"])
+                    state.best = {**row}
+                    state.threshold = choose_threshold(chosen_on["eval"])
                     if on_best is not None:  # before the checkpoint: a kill in between redoes both
                         on_best(result, state.epoch)
                     save_training_state(stage, "best", model, optimizer, scheduler, state,
                                         extra={"score_threshold": state.threshold["f1"]})
-                    logger.info(f"new best AUC@all {value:.4f} at epoch {state.epoch}; "
+                    logger.info(f"new best ({select}) {value:.4f} at epoch {state.epoch}, test AUC@all "
+                                f"{metrics['auc_all']:.4f}; "
                                 f"score threshold (max F1) {state.threshold['f1']}")
             save_training_state(stage, "last", model, optimizer, scheduler, state)
             if signals.stop_requested(sync=True):
@@ -316,9 +334,44 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
         scalars.close()
     best_file = stage.output / "checkpoints" / "best.safetensors"
     return {"stopped": False, "epochs": state.epoch, "steps": state.step, "history": state.history,
-            "best": state.best or None, "last": state.history[-1] if state.history else None,
+            "select": select, "best": state.best or None, "last": state.history[-1] if state.history else None,
             "threshold": state.threshold or None, "resumed_from": resumed_from, "timings": timings,
             "checkpoint": str(best_file) if state.best else None, "scalars": scalars.paths()}
+
+
+VAL_KEYS = ("auc_all", "auc_ano", "ap")
+
+
+def score_distribution(eval_result) -> dict:
+    """Mean frame score of the normal videos, of the normal and of the anomalous frames of the
+    anomalous videos (``p_normal_videos``, ``p_anomalous_videos_normal``, ``p_anomalous_frames``):
+    whether a model separates videos, or frames within a video."""
+    groups = {"p_normal_videos": [], "p_anomalous_videos_normal": [], "p_anomalous_frames": []}
+    for video in eval_result["per_video"].values():
+        scores, labels = np.asarray(video["scores"], float), np.asarray(video["labels"]) > 0
+        if labels.any():
+            groups["p_anomalous_videos_normal"].append(scores[~labels])
+            groups["p_anomalous_frames"].append(scores[labels])
+        else:
+            groups["p_normal_videos"].append(scores)
+    return {k: float(np.concatenate(v).mean()) if v and sum(map(len, v)) else float("nan") for k, v in groups.items()}
+
+
+def selection_rule(cfg, val_loader) -> str:
+    """TRAIN.SELECT, checked against the loaders fit was given."""
+    select = cfg.TRAIN.SELECT
+    if select == "val" and val_loader is None:
+        raise TrainingError("TRAIN.SELECT 'val' needs a validation loader (DATA.VAL_SPLIT_FILE)")
+    return select
+
+
+def selection_value(select, row, epoch) -> float:
+    """The number TRAIN.SELECT maximises over the evaluations (``last``: the epoch itself)."""
+    if select == "val":
+        return row["val_auc_all"]
+    if select == "last":
+        return float(epoch)
+    return row["auc_all"]
 
 
 def resume_checkpoint_path(stage):

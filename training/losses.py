@@ -15,7 +15,7 @@ def anomaly_probs(logits):
     return logits.softmax(dim=-1)[..., 1]
 
 
-def mil_loss(logits, video_labels, detach_weight=False):
+def mil_loss(logits, video_labels, detach_weight=False, normal="top", anomalous_bottom=False):
     """Multiple-instance loss: cross-entropy of each video's top-scoring clip.
 
     Per video the clip with the highest anomaly probability is selected (first one on
@@ -23,6 +23,15 @@ def mil_loss(logits, video_labels, detach_weight=False):
     cross-entropy is weighted by that clip's largest class probability (its confidence).
     As in the published code the weight is NOT detached by default, so the gradient also
     flows through the confidence; ``detach_weight=True`` treats it as a constant.
+    ``normal`` (TRAIN.MIL_NORMAL): 'top' (published) scores only the top clip of a normal
+    video too; 'all' scores every clip of a normal video against "normal" (mean over its K
+    clips, each weighted by its own confidence): the weak label says that none of a normal
+    video's clips is anomalous, so all of them are labelled instances, not just the max.
+    ``anomalous_bottom`` (TRAIN.MIL_ANOMALOUS_BOTTOM): an anomalous video's lowest-scoring
+    clip is also scored against "normal" (added to its term, same weighting): weak labels of
+    surveillance data mark videos whose anomaly covers a part of them, so their least
+    anomalous clip is normal; without it nothing stops a model from raising every clip of a
+    video it recognises as anomalous (separating videos instead of frames).
     Returns a scalar: mean over the B videos.
     """
     _check_logits(logits)
@@ -35,7 +44,25 @@ def mil_loss(logits, video_labels, detach_weight=False):
         weight = weight.detach()
     targets = (video_labels.reshape(-1) > 0).long().to(logits.device)
     ce = F.cross_entropy(top_logits, targets, reduction="none")
-    return (ce * weight).mean()
+    per_video = ce * weight
+    if normal == "all":
+        b, k, c = logits.shape
+        all_ce = F.cross_entropy(logits.reshape(b * k, c), torch.zeros(b * k, dtype=torch.long, device=logits.device),
+                                 reduction="none").reshape(b, k)
+        all_weight = probs.max(dim=-1).values
+        if detach_weight:
+            all_weight = all_weight.detach()
+        per_video = torch.where(targets > 0, per_video, (all_ce * all_weight).mean(dim=1))
+    elif normal != "top":
+        raise ValueError(f"TRAIN.MIL_NORMAL must be 'top' or 'all', got {normal!r}")
+    if anomalous_bottom:
+        low = probs[..., 1].argmin(dim=1)
+        low_weight = probs[rows, low].max(dim=-1).values
+        if detach_weight:
+            low_weight = low_weight.detach()
+        low_ce = F.cross_entropy(logits[rows, low], torch.zeros_like(targets), reduction="none") * low_weight
+        per_video = per_video + torch.where(targets > 0, low_ce, torch.zeros_like(low_ce))
+    return per_video.mean()
 
 
 def smooth_loss(probs):
@@ -56,7 +83,8 @@ def clip_ce_loss(logits, clip_labels):
                            clip_labels.reshape(-1).long().to(logits.device))
 
 
-def promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight=False):
+def promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight=False, mil_normal="top",
+                   anomalous_bottom=False):
     """Stage-1 objective: mil + w_smooth * smooth + w_sparse * sparse.
 
     Returns ``(total, parts)``; ``parts`` holds the unweighted scalar tensors
@@ -64,7 +92,8 @@ def promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight=False
     """
     probs = anomaly_probs(logits)
     parts = {
-        "mil": mil_loss(logits, video_labels, detach_weight=detach_weight),
+        "mil": mil_loss(logits, video_labels, detach_weight=detach_weight, normal=mil_normal,
+                        anomalous_bottom=anomalous_bottom),
         "smooth": smooth_loss(probs),
         "sparse": sparse_loss(probs),
     }
@@ -74,7 +103,7 @@ def promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight=False
 
 
 def advtrain_loss(logits, video_labels, clip_labels, loss_type, w_smooth, w_sparse,
-                  detach_weight=False):
+                  detach_weight=False, mil_normal="top", anomalous_bottom=False):
     """Stage-2 objective on (adversarial) clips, as published.
 
     ``loss_type`` 'mil': the PromptMIL objective (mil + smooth + sparse);
@@ -84,7 +113,7 @@ def advtrain_loss(logits, video_labels, clip_labels, loss_type, w_smooth, w_spar
     named ``ce``).
     """
     if loss_type == "mil":
-        return promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight)
+        return promptmil_loss(logits, video_labels, w_smooth, w_sparse, detach_weight, mil_normal, anomalous_bottom)
     if loss_type == "ce":
         probs = anomaly_probs(logits)
         parts = {"ce": clip_ce_loss(logits, clip_labels), "smooth": smooth_loss(probs)}

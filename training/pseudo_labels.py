@@ -10,8 +10,18 @@ File format (JSON, written atomically)::
     {"<video path as written in the train list>": {
         "num_frames": 960,                       # from the list, to catch a stale file
         "frame_inds": [[0, 6, 12, 18, 24], ...], # [S][T] frames of each scored segment, in time order
-        "labels": [0, 0, 1, ...]                 # [S] argmax class per segment (1 = abnormal)
+        "labels": [0, 0, 1, ...],                # [S] label per segment (1 = abnormal), by the rule
+        "scores": [0.12, 0.31, 0.97, ...]        # [S] anomaly score 1 - P(normal) (informative)
     }, ...}
+
+Rules (ADV_TRAIN.PSEUDO_LABEL_RULE): ``argmax`` (published) labels a segment with its argmax
+class (P(abnormal) > 0.5 with two classes), so it trusts the stage-1 model's calibration;
+``normal_quantile`` labels a segment of an anomalous video 1 when its score exceeds the
+ADV_TRAIN.PSEUDO_LABEL_QUANTILE quantile of the scores of the normal training videos'
+segments (which are known to be normal), and always labels each anomalous video's top
+segment 1 (the MIL assumption). Under every rule the segments of normal training videos are
+written as 0: their video label already says so, training never reads them, and they are
+not counted as labelled abnormal.
 
 Keys are the video paths (not list line numbers), so reordering or filtering the list
 keeps the labels valid; a file from another list or another frame count is refused.
@@ -39,13 +49,17 @@ class VideoPseudoLabels:
     num_frames: int
     frame_inds: np.ndarray
     labels: np.ndarray
+    scores: np.ndarray | None = None
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "num_frames": int(self.num_frames),
             "frame_inds": self.frame_inds.astype(int).tolist(),
             "labels": self.labels.astype(int).tolist(),
         }
+        if self.scores is not None:
+            out["scores"] = [round(float(v), 5) for v in self.scores]
+        return out
 
     def clip_labels(self, clip_frame_inds) -> torch.Tensor:
         """Labels [K] (long, 0/1) of training clips with frame indices [K, T].
@@ -65,12 +79,67 @@ class VideoPseudoLabels:
         return (torch.as_tensor(self.labels)[holding] > 0).any(dim=1).long()
 
 
-def summarise(labels: dict[str, VideoPseudoLabels]) -> dict:
-    """Counts for results.json: videos, segments, and segments labelled abnormal."""
+def summarise(labels: dict[str, VideoPseudoLabels], anomalous=None) -> dict:
+    """Counts for results.json: videos, segments, and the anomalous videos' segments labelled
+    abnormal (``anomalous``: the paths of the anomalous videos; None = every video counts)."""
+    chosen = [v for k, v in labels.items() if anomalous is None or k in anomalous]
     segments = sum(len(v.labels) for v in labels.values())
-    abnormal = sum(int((v.labels > 0).sum()) for v in labels.values())
-    return {"videos": len(labels), "segments": segments, "abnormal_segments": abnormal,
-            "abnormal_fraction": abnormal / segments if segments else None}
+    anomalous_segments = sum(len(v.labels) for v in chosen)
+    abnormal = sum(int((v.labels > 0).sum()) for v in chosen)
+    return {"videos": len(labels), "segments": segments, "anomalous_videos": len(chosen),
+            "anomalous_video_segments": anomalous_segments, "abnormal_segments": abnormal,
+            "abnormal_fraction": abnormal / anomalous_segments if anomalous_segments else None}
+
+
+def agreement(labels: dict[str, VideoPseudoLabels], intervals: dict) -> dict | None:
+    """Pseudo labels of the anomalous videos vs their true segment labels (synthetic data).
+
+    ``intervals``: {video path: (start, end) or None}; a segment is truly anomalous when any
+    of its frames lies in [start, end). Returns accuracy, precision, recall, segments, or None
+    when no anomalous video has a known interval.
+    """
+    agree = total = tp = positives = predicted = 0
+    for path, entry in labels.items():
+        interval = intervals.get(path)
+        if not interval:
+            continue
+        start, end = interval
+        truth = ((entry.frame_inds >= start) & (entry.frame_inds < end)).any(axis=1)
+        pred = entry.labels > 0
+        agree += int((truth == pred).sum())
+        total += len(truth)
+        tp += int((truth & pred).sum())
+        positives += int(truth.sum())
+        predicted += int(pred.sum())
+    if not total:
+        return None
+    return {"accuracy": agree / total, "recall": tp / positives if positives else None,
+            "precision": tp / predicted if predicted else None, "segments": total}
+
+
+def apply_rule(scores: dict, classes: dict, anomalous: set, rule: str, quantile: float):
+    """Labels {path: [S] int64} from segment scores / argmax classes ({path: [S]}) under ``rule``
+    (see the module doc) -> (labels, threshold or None)."""
+    threshold = None
+    if rule == "normal_quantile":
+        normal = [scores[k] for k in scores if k not in anomalous]
+        if not normal:
+            raise DataError("ADV_TRAIN.PSEUDO_LABEL_RULE 'normal_quantile' needs normal training videos to "
+                            "take the quantile of; the training list has none (use 'argmax')")
+        threshold = float(np.quantile(np.concatenate(normal), quantile))
+    elif rule != "argmax":
+        raise DataError(f"ADV_TRAIN.PSEUDO_LABEL_RULE must be 'argmax' or 'normal_quantile', got {rule!r}")
+    labels = {}
+    for key, value in scores.items():
+        if key not in anomalous:
+            labels[key] = np.zeros(len(value), np.int64)
+        elif rule == "argmax":
+            labels[key] = np.asarray(classes[key], np.int64)
+        else:
+            out = (value > threshold).astype(np.int64)
+            out[int(np.argmax(value))] = 1
+            labels[key] = out
+    return labels, threshold
 
 
 def pseudo_label_path(cfg) -> Path:
@@ -142,15 +211,18 @@ def _parse_entry(path, key, value, list_frames) -> VideoPseudoLabels:
     if np.any(np.diff(frame_inds[:, 0]) <= 0) or frame_inds.max() >= list_frames:
         raise DataError(f"{where}: segments must be in time order (first frames rising) with frames "
                         f"below num_frames={list_frames}; {REGENERATE_HINT}")
-    return VideoPseudoLabels(int(list_frames), frame_inds, labels)
+    scores = np.asarray(value["scores"], dtype=np.float64) if len(value.get("scores") or []) == len(labels) else None
+    return VideoPseudoLabels(int(list_frames), frame_inds, labels, scores)
 
 
 @torch.no_grad()
 def generate_pseudo_labels(model, loader, text_tokens, cfg, logger):
-    """Argmax class of every segment of every training video -> {path: VideoPseudoLabels}.
+    """Label every segment of every training video by ADV_TRAIN.PSEUDO_LABEL_RULE ->
+    {path: VideoPseudoLabels} (normal videos: all 0; see the module doc).
 
     ``loader``: the deterministic train-as-test loader (datasets.build.build_train_as_test_loader).
-    Gathered from all ranks; every rank returns the same dict.
+    Gathered from all ranks; every rank returns the same dict. Logs the share of the anomalous
+    videos' segments labelled 1 and warns when it is all or none of them.
     """
     from attacks.common import amp_dtype_from_config, eval_mode, make_forward
     from evaluation.scoring import class_probabilities, model_device
@@ -163,21 +235,38 @@ def generate_pseudo_labels(model, loader, text_tokens, cfg, logger):
     rows = []
     with eval_mode(net):
         for batch in progress(loader, desc="pseudo labels", rank=dist.get_rank()):
-            classes = class_probabilities(forward, batch["imgs"].to(device, non_blocking=True)).argmax(dim=-1)
+            probs = class_probabilities(forward, batch["imgs"].to(device, non_blocking=True))
+            classes, scores = probs.argmax(dim=-1), 1 - probs[:, 0]
             for i in range(classes.shape[0]):
                 rows.append((batch["path"][i], int(batch["seg_start"][i]), int(batch["seg_len"][i]),
-                             [int(f) for f in batch["frame_inds"][i]], int(classes[i])))
+                             [int(f) for f in batch["frame_inds"][i]], int(classes[i]), float(scores[i])))
     all_rows = [r for part in dist.all_gather_object(rows) for r in part]
     frames = {r.path: r.num_frames for r in loader.dataset.records}
-    labels = {
-        path: VideoPseudoLabels(frames[path], np.array([r[3] for r in segs], dtype=np.int64),
-                                np.array([r[4] for r in segs], dtype=np.int64))
-        for path, segs in _rows_by_video(all_rows).items()
-    }
-    positives = sum(int((v.labels > 0).sum()) for v in labels.values())
-    total = sum(len(v.labels) for v in labels.values())
-    logger.info(f"pseudo labels: {len(labels)} videos, {total} segments, {positives} labelled abnormal")
+    anomalous = {r.path for r in loader.dataset.records if r.is_anomalous}
+    by_video = _rows_by_video(all_rows)
+    scores = {path: np.array([r[5] for r in segs]) for path, segs in by_video.items()}
+    rule, quantile = cfg.ADV_TRAIN.PSEUDO_LABEL_RULE, cfg.ADV_TRAIN.PSEUDO_LABEL_QUANTILE
+    chosen, threshold = apply_rule(scores, {p: [r[4] for r in segs] for p, segs in by_video.items()},
+                                   anomalous, rule, quantile)
+    labels = {path: VideoPseudoLabels(frames[path], np.array([r[3] for r in segs], dtype=np.int64), chosen[path],
+                                      scores[path])
+              for path, segs in by_video.items()}
+    counts = summarise(labels, anomalous)
+    rule_text = f"rule {rule}" + (f", threshold {threshold:.4f} = quantile {quantile} of the normal videos' "
+                                  f"segment scores" if threshold is not None else "")
+    logger.info(f"pseudo labels ({rule_text}): {counts['videos']} videos, {counts['anomalous_videos']} anomalous "
+                f"with {counts['anomalous_video_segments']} segments, {counts['abnormal_segments']} of them "
+                f"labelled abnormal ({_percent(counts['abnormal_fraction'])}); normal videos' segments are 0")
+    if counts["anomalous_video_segments"] and counts["abnormal_segments"] in (0, counts["anomalous_video_segments"]):
+        which = "none" if counts["abnormal_segments"] == 0 else "every one"
+        logger.warning(f"pseudo labels: {which} of the anomalous videos' segments is labelled abnormal, so they say "
+                       f"nothing beyond the video labels (ADV_TRAIN.PSEUDO_LABEL_RULE {rule}); the stage-1 model may "
+                       f"be miscalibrated: try ADV_TRAIN.PSEUDO_LABEL_RULE normal_quantile")
     return labels
+
+
+def _percent(value):
+    return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
 

@@ -42,7 +42,7 @@ def promptmil_step(model, batch, text_tokens, cfg, device, micro):
         logits = model(clips, text_tokens)["y"]
     logits = logits.float().reshape(views * b, k, -1)
     loss, parts = promptmil_loss(logits, labels.repeat(views), cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE,
-                                 cfg.TRAIN.MIL_DETACH_WEIGHT)
+                                 cfg.TRAIN.MIL_DETACH_WEIGHT, cfg.TRAIN.MIL_NORMAL, cfg.TRAIN.MIL_ANOMALOUS_BOTTOM)
     return loss, parts
 
 
@@ -99,7 +99,8 @@ def make_advtrain_step(pseudo_labels=None, attack_generator=None):
             logits = model(inputs, text_tokens)["y"]
         logits = logits.float().reshape(-1, k, logits.shape[-1])
         vlabels = video_labels.repeat(views)
-        loss_args = (cfg.ADV_TRAIN.LOSS, cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE, cfg.TRAIN.MIL_DETACH_WEIGHT)
+        loss_args = (cfg.ADV_TRAIN.LOSS, cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE, cfg.TRAIN.MIL_DETACH_WEIGHT,
+                     cfg.TRAIN.MIL_NORMAL, cfg.TRAIN.MIL_ANOMALOUS_BOTTOM)
         loss, parts = advtrain_loss(logits[: views * b], vlabels, clip_labels, *loss_args)
         if w > 0:
             clean_loss, _ = advtrain_loss(logits[views * b:], vlabels, clip_labels, *loss_args)

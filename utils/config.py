@@ -36,6 +36,9 @@ _CHOICES = {
     ("TRAIN", "AMP"): ("none", "bf16"),
     ("TRAIN", "LR_SCALING"): ("none", "linear"),
     ("ADV_TRAIN", "LOSS"): ("mil", "ce"),
+    ("ADV_TRAIN", "PSEUDO_LABEL_RULE"): ("argmax", "normal_quantile"),
+    ("TRAIN", "SELECT"): ("test", "val", "last"),
+    ("TRAIN", "MIL_NORMAL"): ("top", "all"),
     ("ADV_TRAIN", "SRD_MODE"): ("center", "gradcam"),
     ("ADV_TRAIN", "SRD_SEVERITY"): ("light", "medium", "heavy"),
     ("TEST", "NUM_CROP"): (1, 3),
@@ -72,7 +75,7 @@ def _defaults():
     """The whole tree with its defaults (published FrameShield/X-CLIP behaviour)."""
     return {
         "DATA": {
-            "ROOT": "", "TRAIN_FILE": "", "VAL_FILE": "",
+            "ROOT": "", "TRAIN_FILE": "", "VAL_FILE": "", "VAL_SPLIT_FILE": "",
             "INPUT_SIZE": 224, "NUM_CLIPS": 16, "NUM_FRAMES": 5, "FRAME_INTERVAL": 6,
             "NUM_CLASSES": 2, "LABEL_LIST": "configs/labels_2.csv", "FILENAME_TMPL": "img_{:08}.jpg",
             "NUM_WORKERS": 2, "PIN_MEMORY": True, "PERSISTENT_WORKERS": False, "PREFETCH_FACTOR": 2,
@@ -90,11 +93,13 @@ def _defaults():
             "AUTO_RESUME": False, "USE_CHECKPOINT": False, "AMP": "none", "CLIP_GRAD": 0.0,
             "USE_VIEW2": False, "W_SMOOTH": W_SMOOTH_DEFAULT, "W_SPARSE": W_SPARSE_DEFAULT,
             "MIL_DETACH_WEIGHT": False, "LR_SCALING": "none", "LR_BASE_BATCH": 0, "TENSORBOARD": True,
+            "SELECT": "test", "MIL_NORMAL": "top", "MIL_ANOMALOUS_BOTTOM": False,
         },
         "ADV_TRAIN": {
             "EPS": 2.0, "LOSS": "mil", "PSEUDO_LABEL": False, "PSEUDO_ANOMALY": False,
             "PSEUDO_LABEL_FILE": "", "CLEAN_WEIGHT": 0.0, "SRD_PROB": 0.5, "SRD_SEVERITY": "medium",
             "SRD_MODE": "center", "GRADCAM_DIR": "",
+            "PSEUDO_LABEL_RULE": "argmax", "PSEUDO_LABEL_QUANTILE": 0.95,
         },
         "ATTACK": {
             "EPS": -1.0, "STEPS": 10, "STEP_SIZE": -1.0, "RANDOM_START": False, "RESTARTS": 1,
@@ -311,6 +316,12 @@ def _validate(cfg):
         raise ConfigError(f"ROBUSTNESS.RESTARTS must be >= 0 (0 = ATTACK.RESTARTS), got {cfg.ROBUSTNESS.RESTARTS}")
     if cfg.DATA.NUM_VIEWS > 2:
         raise ConfigError(f"DATA.NUM_VIEWS must be 1 or 2, got {cfg.DATA.NUM_VIEWS}")
+    if cfg.TRAIN.SELECT == "val" and not cfg.DATA.VAL_SPLIT_FILE:
+        raise ConfigError("TRAIN.SELECT 'val' keeps the epoch with the best AUC@all on a validation list, but "
+                          "DATA.VAL_SPLIT_FILE is empty; give a test-format list of held-back training videos "
+                          "(the synthetic dataset writes val.txt) or use TRAIN.SELECT 'test' or 'last'")
+    if not 0 < cfg.ADV_TRAIN.PSEUDO_LABEL_QUANTILE < 1:
+        raise ConfigError(f"ADV_TRAIN.PSEUDO_LABEL_QUANTILE must be in (0, 1), got {cfg.ADV_TRAIN.PSEUDO_LABEL_QUANTILE}")
 
 
 def load_config_file(path):
