@@ -370,7 +370,8 @@ def headline(stage: DemoStage) -> str:
     if results.get("best"):
         return f": best AUC@all {fmt(results['best'].get('auc_all'))} (epoch {results['best'].get('epoch')})"
     if "abnormal_fraction" in results:
-        return f": {results.get('abnormal_segments')} of {results.get('segments')} segments labelled abnormal"
+        of = results.get("anomalous_video_segments", results.get("segments"))
+        return f": {results.get('abnormal_segments')} of the anomalous videos' {of} segments labelled abnormal"
     return ""
 
 

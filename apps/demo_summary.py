@@ -51,8 +51,10 @@ def collect(output: Path, seeds, data_root: Path) -> dict:
         row["pseudo_labels"] = pseudo_label_agreement(root / "pseudo_labels" / "pseudo_labels.json", data_root)
         row["selection"] = selection_of(root)
         per_seed[str(seed)] = row
+    chosen = per_seed[str(seeds[0])]["selection"]
     summary = {"models": {}, "per_seed": per_seed, "attack": attack, "curves": training_curves(output, seeds),
-               "select": per_seed[str(seeds[0])]["selection"].get("baseline", {}).get("select")}
+               "select": chosen.get("baseline", {}).get("select"),
+               "select_advtrain": chosen.get("frameshield", {}).get("select")}
     for model, (title, _) in MODELS.items():
         stats = {}
         for name in per_seed[str(seeds[0])][model]:
@@ -91,6 +93,15 @@ def selection_of(root: Path) -> dict:
     return out
 
 
+def selection_sentence(summary: dict) -> str:
+    """Which epoch each trained model is, in words (TRAIN.SELECT of stage 1 and stage 2)."""
+    words = {"val": "the epoch with the best AUC@all on the validation split of the training videos",
+             "last": "the last epoch", "test": "the epoch with the best test AUC@all (selection on the test split)"}
+    first, second = summary.get("select") or "test", summary.get("select_advtrain") or summary.get("select") or "test"
+    return (f"Model selection: the baseline is {words[first]} (TRAIN.SELECT {first}); the adversarially trained "
+            f"models are {words[second]} (TRAIN.SELECT {second}).")
+
+
 def check_claims(models: dict) -> dict:
     """The demo's targets (issue #17: means over seeds), each with the measured value."""
     base, shield = models["baseline"], models["frameshield"]
@@ -112,10 +123,7 @@ def summary_markdown(summary: dict, seeds, meta: dict) -> str:
     lines = [f"# FrameShield demo ({meta['preset']} preset)", "",
              f"Frame-level AUROC on the synthetic test set ({spread}). Attack: L-inf PGD, "
              f"eps {attack['eps_255']:g}/255, {attack['steps']} steps of {attack['step_size_255']:.3g}/255, "
-             "every test segment pushed away from its true label. Every trained model is the epoch kept by "
-             f"TRAIN.SELECT {summary.get('select') or 'test'}"
-             + (" (best AUC@all on the validation split of the training videos; the test split is never "
-                "chosen on)" if summary.get("select") == "val" else "") + ".", "",
+             "every test segment pushed away from its true label. " + selection_sentence(summary), "",
              "| model | " + " | ".join(METRIC_TITLES) + " |", "|---|" + "---|" * len(METRICS)]
     for model, stats in summary["models"].items():
         cells = []
