@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from apps.demo_stages import METRIC_TITLES, METRICS, MODELS, fmt, read_json
+from training.pseudo_labels import VideoPseudoLabels, agreement
 
 
 def pseudo_label_agreement(labels_file: Path, data_root: Path) -> dict | None:
@@ -16,25 +17,10 @@ def pseudo_label_agreement(labels_file: Path, data_root: Path) -> dict | None:
     if not (labels_file.is_file() and meta_file.is_file()):
         return None
     videos = read_json(meta_file)["videos"]
-    labels = read_json(labels_file)
-    agree = total = tp = positives = predicted = 0
-    for path, entry in labels.items():
-        info = videos.get(path)
-        if info is None or not info.get("label"):
-            continue
-        start, end = info["interval"]
-        inds = np.asarray(entry["frame_inds"])
-        truth = ((inds >= start) & (inds < end)).any(axis=1).astype(int)
-        pred = (np.asarray(entry["labels"]) > 0).astype(int)
-        agree += int((truth == pred).sum())
-        total += len(truth)
-        tp += int((truth & pred).sum())
-        positives += int(truth.sum())
-        predicted += int(pred.sum())
-    if not total:
-        return None
-    return {"accuracy": agree / total, "recall": tp / positives if positives else None,
-            "precision": tp / predicted if predicted else None, "segments": total}
+    labels = {path: VideoPseudoLabels(entry["num_frames"], np.asarray(entry["frame_inds"]), np.asarray(entry["labels"]))
+              for path, entry in read_json(labels_file).items()}
+    intervals = {path: info["interval"] for path, info in videos.items() if info.get("label")}
+    return agreement(labels, intervals)
 
 
 def collect(output: Path, seeds, data_root: Path) -> dict:

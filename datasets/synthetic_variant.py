@@ -19,7 +19,6 @@ video of this family shares a draw with one of the default family.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 from PIL import Image
@@ -61,24 +60,6 @@ def get_variant_scene(scene_id: int) -> Scene:
     bg = np.clip(img, 0, 1).astype(np.float32)
     bg.setflags(write=False)
     return Scene(_SCENE_NAMES[scene_id], bg, routes, base.event_route, spots)
-
-
-def _walkers(scene, rng, num_frames):
-    tracks = []
-    for _ in range(int(rng.integers(2, 9))):
-        (x0, y0), (x1, y1), half = scene.routes[rng.integers(len(scene.routes))]
-        length = math.hypot(x1 - x0, y1 - y0)
-        ux, uy = (x1 - x0) / length, (y1 - y0) / length
-        speed = 0.0 if rng.random() < 0.25 else rng.uniform(0.15, 0.9)
-        direction = 1 if rng.random() < 0.5 else -1
-        lateral = rng.uniform(-half, half)
-        s = (rng.uniform(0, length) + direction * speed * np.arange(num_frames)) % length
-        pos = np.stack([x0 + ux * s - uy * lateral, y0 + uy * s + ux * lateral], 1)
-        look = _random_person(rng)
-        sprites = [_person_sprite(*look, pose) for pose in (0, 1)]
-        phase = (np.floor(speed * np.arange(num_frames) / 1.5).astype(int) + rng.integers(2)) % 2
-        tracks.append((sprites, pos, phase))
-    return tracks
 
 
 def _bicycle_sprite(look):
@@ -142,7 +123,8 @@ def render_variant_video(spec: VideoSpec, with_event: bool = True) -> np.ndarray
     """Render a variant ``spec`` as uint8 frames [T, 48, 48, 3] (drawn at 64 px, downsampled)."""
     scene = get_variant_scene(spec.scene)
     rng = variant_rng(spec, 0)
-    tracks = _walkers(scene, rng, spec.num_frames)
+    tracks = world._pedestrian_tracks(scene, rng, spec.num_frames, count=(2, 9), standing=0.25,
+                                      speeds=(0.15, 0.9))
     gain = rng.uniform(0.8, 1.15) * (1 + rng.uniform(-0.05, 0.05, 3)).astype(np.float32)
     draw_event = _variant_event_drawer(spec, scene) if (with_event and spec.anomaly) else None
     size = VARIANT_FRAME_SIZE

@@ -297,17 +297,19 @@ def _random_person(rng):
 # --------------------------------------------------------------------------- rendering
 
 
-def _pedestrian_tracks(scene, rng, num_frames):
+def _pedestrian_tracks(scene, rng, num_frames, count=(3, 7), standing=0.15, speeds=(0.25, 0.6)):
     """Per pedestrian: sprites for both stride phases and foot positions [T,2] (x, y).
 
-    Walkers move at 0.25-0.6 px/frame along a route (wrapping off-screen), some stand.
+    ``count`` pedestrians (low inclusive, high exclusive) walk along a route (wrapping
+    off-screen) at a speed drawn from ``speeds`` px/frame; a share ``standing`` of them stand.
+    The defaults are the default family's; the variant family draws other ranges.
     """
     tracks = []
-    for _ in range(int(rng.integers(3, 7))):
+    for _ in range(int(rng.integers(*count))):
         (x0, y0), (x1, y1), half = scene.routes[rng.integers(len(scene.routes))]
         length = math.hypot(x1 - x0, y1 - y0)
         ux, uy = (x1 - x0) / length, (y1 - y0) / length
-        speed = 0.0 if rng.random() < 0.15 else rng.uniform(0.25, 0.6)
+        speed = 0.0 if rng.random() < standing else rng.uniform(*speeds)
         direction = 1 if rng.random() < 0.5 else -1
         lateral = rng.uniform(-half, half)
         s = (rng.uniform(0, length) + direction * speed * np.arange(num_frames)) % length
