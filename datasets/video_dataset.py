@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from datasets.frame_folders import check_video_on_disk
 from datasets.frames import open_video
 from datasets.lists import resolve_video_path
 from datasets.sampling import train_clip_indices, video_segments
@@ -82,7 +83,13 @@ def seeded_global_rngs(seed):
 
 
 class _ListDataset(Dataset):
-    """Shared part: records, path resolution and the up-front checks of the list."""
+    """Shared part: records, path resolution and the up-front checks of the list.
+
+    Every line's video is checked on disk when the dataset is made (datasets.frame_folders:
+    one stat of the last frame, one listing per folder, a header read per video file), so a
+    wrong frame count, a gap or a link out of DATA.ROOT stops the run before it starts
+    instead of at the item that reaches it, hours in.
+    """
 
     def __init__(self, records, cfg, list_file="", rank=0):
         self.records = list(records)
@@ -103,9 +110,15 @@ class _ListDataset(Dataset):
                     f"{where}: video {record.path} has {record.num_frames} frames, fewer than one "
                     f"clip (DATA.NUM_FRAMES={self.num_frames}); remove it from the list or lower "
                     "DATA.NUM_FRAMES")
-            self.video_paths.append(resolve_video_path(
-                cfg.DATA.ROOT, record.path, allow_outside_root=cfg.DATA.ALLOW_OUTSIDE_ROOT,
-                must_exist=True, source=where))
+            path = resolve_video_path(cfg.DATA.ROOT, record.path, allow_outside_root=cfg.DATA.ALLOW_OUTSIDE_ROOT,
+                                      must_exist=True, source=where)
+            root = None if cfg.DATA.ALLOW_OUTSIDE_ROOT else (cfg.DATA.ROOT or ".")
+            try:  # before any segment is built: a count far beyond the disk fails here, at once
+                check_video_on_disk(path, record.num_frames, self.filename_tmpl, record.start_frame,
+                                    self.replace_bad, root)
+            except DataError as err:
+                raise DataError(f"{where}: {err}") from None
+            self.video_paths.append(path)
         self._cached = (None, None)  # (video index, reader): consecutive segments reuse it
 
     def __getstate__(self):
