@@ -135,7 +135,12 @@ def check_frame_folder(folder, num_frames: int, filename_tmpl: str, list_start: 
     first = detect_start_index(folder, filename_tmpl, list_start)
     last = folder / filename_tmpl.format(first + num_frames - 1)
     if not last.is_file():
-        on_disk = len(os.listdir(folder))
+        names = os.listdir(folder)
+        others = _other_suffix_frames(names, filename_tmpl)
+        if others:
+            own = sum(1 for n in names if Path(n).suffix.lower() == Path(last.name).suffix.lower())
+            raise _mixed_suffix_error(folder, filename_tmpl, others, own)
+        on_disk = len(names)
         raise DataError(
             f"video {folder}: the list gives {num_frames} frames but frame {last.name} (frame "
             f"{num_frames - 1}) is missing; the folder holds {on_disk} files. Fix the frame count in the "
