@@ -268,3 +268,15 @@ def test_frame_file_link_leading_outside_root_refused(data, tmp_path_factory):
     err = raised(build_test_loader, tiny_cfg(data))
     check_message(err, DataError, [f"{data / 'test.txt'}:1", TMPL.format(3), "symbolic link"],
                   r"DATA\.ALLOW_OUTSIDE_ROOT True")
+
+
+# ---- datasets.make_lists counts what the loaders can read -------------------------------------
+
+@pytest.mark.parametrize("damage, message", [("gap", "frame number 11 is missing"), ("mixed", "mixes image suffixes")])
+def test_make_lists_refuses_gap_and_mixed_suffix_folders(tmp_path, damage, message):
+    from datasets.make_lists import scan_videos
+
+    folder = tmp_path / "videos" / "clip"
+    gap_folder(folder) if damage == "gap" else mixed_folder(folder)
+    err = raised(scan_videos, tmp_path, "videos")
+    check_message(err, DataError, [str(folder), message], r"restore .* or renumber|convert or rename")
