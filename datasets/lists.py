@@ -86,7 +86,11 @@ def _read_text(path, what):
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ListFileError(f"{what} {path} is not UTF-8 text (byte {exc.start}): is it a list file?") from None
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise ListFileError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start})"
+            + ("; it is UTF-16 (as some Windows editors save): save it again as UTF-8" if utf16
+               else ": is it a list file? Save it as UTF-8 text")) from None
 
 
 def _int(token, name, where):
@@ -171,6 +175,15 @@ def _parse_test(columns, where):
     return VideoRecord(columns[0], num_frames, label, intervals, 0, 0)
 
 
+def _check_path_column(text, where):
+    """A control character (a NUL byte from a binary or damaged file) cannot name a file: the
+    operating system would refuse the path with a raw ValueError later."""
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ListFileError(f"{where}: the path column holds the control character {bad!r} "
+                            f"({text[:40]!r}); is the file damaged?")
+
+
 def _check_counts(num_frames, label, where):
     if num_frames <= 0:
         raise ListFileError(f"{where}: the number of frames must be positive, got {num_frames}")
@@ -199,6 +212,7 @@ def parse_list_file(path, kind="auto"):
     records = []
     for number, columns in lines:
         try:
+            _check_path_column(columns[0], f"{path}:{number}")
             record = parse(columns, f"{path}:{number}")
         except ListFileError as err:  # every line error says what to do, once
             raise ListFileError(f"{err}; fix or delete the line ({LINE_FORMATS})") from None

@@ -280,3 +280,47 @@ def test_make_lists_refuses_gap_and_mixed_suffix_folders(tmp_path, damage, messa
     gap_folder(folder) if damage == "gap" else mixed_folder(folder)
     err = raised(scan_videos, tmp_path, "videos")
     check_message(err, DataError, [str(folder), message], r"restore .* or renumber|convert or rename")
+
+
+# ---- other members of the class ---------------------------------------------------------------
+
+def test_list_path_with_a_nul_byte(tmp_path):
+    from datasets.lists import parse_list_file
+
+    path = tmp_path / "test.txt"
+    path.write_text("a 100 0 0 100\nfra\x00mes/v0 24 0 0 24\n")
+    err = raised(parse_list_file, path)  # was: ValueError: embedded null byte, when the loader was built
+    check_message(err, ListFileError, [f"{path}:2", "control character"], r"damaged.*fix or delete the line")
+
+
+def test_utf16_list_file_says_save_as_utf8(tmp_path):
+    from datasets.lists import parse_list_file
+
+    path = tmp_path / "test.txt"
+    path.write_bytes("a 100 0 0 100\n".encode("utf-16"))
+    check_message(raised(parse_list_file, path), ListFileError, [str(path), "UTF-16"], r"save it again as UTF-8")
+
+
+def test_empty_frame_folder_in_a_list(data):
+    from datasets.build import build_test_loader
+
+    (data / "frames" / "empty").mkdir()
+    (data / "test.txt").write_text("frames/v0 24 0 0 24\nframes/empty 24 0 0 24\n")
+    err = raised(build_test_loader, tiny_cfg(data))
+    check_message(err, DataError, [f"{data / 'test.txt'}:2", "frames/empty", "is empty"],
+                  r"extract the video's frames into it, or remove it from the list")
+
+
+def test_frame_size_change_between_reads(tmp_path):
+    """infer.py reads a video chunk by chunk: a size change between chunks is caught too."""
+    from datasets.video_probe import open_source
+    from tests.test_frames import _random_frames, write_folder
+
+    write_folder(tmp_path / "clip", _random_frames(4))
+    write_folder(tmp_path / "small", _random_frames(4, h=16, w=16), first=4)
+    for frame in (tmp_path / "small").iterdir():
+        frame.rename(tmp_path / "clip" / frame.name)
+    reader = open_source(tmp_path / "clip", TMPL).reader
+    reader.read([0, 1])
+    err = raised(reader.read, [4, 5])
+    check_message(err, DataError, [str(tmp_path / "clip"), "differ in size"], r"resize them to one size")
