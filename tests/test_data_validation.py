@@ -10,6 +10,8 @@ import logging
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.loader_helpers import TMPL, make_dataset, tiny_cfg, write_video
 from tests.test_reliability_inputs import check_message, raised
@@ -324,3 +326,37 @@ def test_frame_size_change_between_reads(tmp_path):
     reader.read([0, 1])
     err = raised(reader.read, [4, 5])
     check_message(err, DataError, [str(tmp_path / "clip"), "differ in size"], r"resize them to one size")
+
+
+# ---- property: whatever a folder holds, the checks either refuse it or vouch for every frame ----
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.sets(st.tuples(st.integers(0, 12), st.sampled_from([".jpg", ".png", ".txt"])), max_size=14),
+       claimed=st.integers(1, 16), allow_gaps=st.booleans())
+def test_folder_checks_refuse_or_vouch(tmp_path, files, claimed, allow_gaps):
+    import tempfile
+
+    from datasets.frame_folders import check_frame_folder, contiguous_frame_count
+
+    folder = tempfile.mkdtemp(dir=tmp_path)
+    for number, suffix in files:
+        (tmp_path / folder / TMPL.format(number).replace(".jpg", suffix)).write_bytes(b"")
+    names = set(os.listdir(folder))
+    try:
+        count = contiguous_frame_count(folder, TMPL, allow_gaps)
+    except DataError:
+        count = None
+    if count is not None:
+        first = 0 if TMPL.format(0) in names else 1
+        assert TMPL.format(first) in names and TMPL.format(first + count - 1) in names
+        assert not any(n.endswith(".png") for n in names)  # a second suffix is always refused
+        if not allow_gaps:
+            assert all(TMPL.format(first + i) in names for i in range(count))
+            assert TMPL.format(first + count) not in names
+    try:
+        check_frame_folder(folder, claimed, TMPL, allow_gaps=allow_gaps)
+    except DataError:
+        return
+    first = 0 if TMPL.format(0) in names else 1
+    present = [TMPL.format(first + i) in names for i in range(claimed)]
+    assert present[0] and present[-1] and (allow_gaps or all(present))
