@@ -123,13 +123,14 @@ def _inside(path, root_real):
 
 
 def check_frame_folder(folder, num_frames: int, filename_tmpl: str, list_start: int = 0,
-                       allow_gaps: bool = False, root=None) -> None:
+                       allow_gaps: bool = False, root=None) -> bool:
     """Check that the ``num_frames`` frames a list line claims are on disk, before reading.
 
     The last frame is looked up first (one stat), so a count far beyond the folder fails at
     once; then one listing finds the first missing frame of the range (DataError, naming it,
     unless ``allow_gaps``: then a warning) and, when ``root`` is given (DATA.ROOT, unless
     DATA.ALLOW_OUTSIDE_ROOT), refuses a frame file that is a symbolic link leading outside it.
+    Returns whether the folder holds a frame after the claimed ones (the list undercounts).
     """
     folder = Path(folder)
     first = detect_start_index(folder, filename_tmpl, list_start)
@@ -149,8 +150,9 @@ def check_frame_folder(folder, num_frames: int, filename_tmpl: str, list_start: 
     if root is not None:
         _refuse_outside_links(folder, entries, root)
     missing = [i for i in range(num_frames) if filename_tmpl.format(first + i) not in entries]
+    longer = filename_tmpl.format(first + num_frames) in entries
     if not missing:
-        return
+        return longer
     name = filename_tmpl.format(first + missing[0])
     others = _other_suffix_frames(entries, filename_tmpl)
     also = (f" (frames saved with another suffix are here: {', '.join(sorted(others))}; give every frame "
@@ -160,6 +162,7 @@ def check_frame_folder(folder, num_frames: int, filename_tmpl: str, list_start: 
     if not allow_gaps or others:
         raise DataError(f"{message}; {REPLACE_HINT}")
     LOGGER.warning("%s; DATA.REPLACE_BAD_FRAMES: each is filled by its nearest readable neighbour", message)
+    return longer
 
 
 def _refuse_outside_links(folder, entries, root):
@@ -175,12 +178,13 @@ def _refuse_outside_links(folder, entries, root):
 
 
 def check_video_on_disk(path, num_frames: int, filename_tmpl: str, list_start: int = 0,
-                        replace_bad: bool = False, root=None) -> None:
+                        replace_bad: bool = False, root=None) -> bool:
     """Before any segment or label array is built for a list line: a frame folder must hold
     the claimed frames (:func:`check_frame_folder`), a video file must open and be at least
-    that long (decord reads its header only), anything else is a DataError."""
+    that long (decord reads its header only), anything else is a DataError. Returns whether
+    the video is longer on disk than the line says (its last frames would not be scored)."""
     path = Path(path)
     if path.is_dir():
-        check_frame_folder(path, num_frames, filename_tmpl, list_start, replace_bad, root)
-    else:
-        open_video(path, num_frames, filename_tmpl, list_start, replace_bad)
+        return check_frame_folder(path, num_frames, filename_tmpl, list_start, replace_bad, root)
+    reader = open_video(path, num_frames, filename_tmpl, list_start, replace_bad)
+    return reader.frames_on_disk > num_frames

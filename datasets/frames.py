@@ -292,7 +292,7 @@ class VideoFileReader(_Reader):
             raise DataError(f"video {self.path}: cannot open the video file ({err})"
                             + FIX_VIDEO_FILE) from err
         self._decord_error = decord.DECORDError
-        on_disk = len(self._video)
+        on_disk = self.frames_on_disk = len(self._video)
         if on_disk == 0:
             raise DataError(f"video {self.path}: the video file holds no frames; frame 0 cannot be read"
                             + FIX_VIDEO_FILE)

@@ -21,6 +21,7 @@ sampler's keys (``(index, epoch)``, see datasets.build), which works with persis
 workers and prefetching alike. Plain integer keys mean epoch 0.
 """
 import functools
+import logging
 import random
 from contextlib import contextmanager
 
@@ -35,6 +36,7 @@ from datasets.sampling import train_clip_indices, video_segments
 from datasets.transforms import CenterView, build_test_view, build_train_views, resize_mode
 from utils.errors import DataError
 
+LOGGER = logging.getLogger("FrameShield")
 # tags keep the per-item seed streams apart
 _TAG_SAMPLING, _TAG_AUGMENT, _TAG_SRD, _TAG_WORKER = 1, 2, 3, 4
 
@@ -102,7 +104,7 @@ class _ListDataset(Dataset):
         self.interval = int(cfg.DATA.FRAME_INTERVAL)
         if not self.records:
             raise DataError(f"list file {self.list_file or '(given records)'} holds no videos")
-        self.video_paths = []
+        self.video_paths, longer = [], []
         for record in self.records:
             where = f"{self.list_file}:{record.line}" if self.list_file else f"video {record.path}"
             if record.num_frames < self.num_frames:
@@ -114,11 +116,16 @@ class _ListDataset(Dataset):
                                       must_exist=True, source=where)
             root = None if cfg.DATA.ALLOW_OUTSIDE_ROOT else (cfg.DATA.ROOT or ".")
             try:  # before any segment is built: a count far beyond the disk fails here, at once
-                check_video_on_disk(path, record.num_frames, self.filename_tmpl, record.start_frame,
-                                    self.replace_bad, root)
+                if check_video_on_disk(path, record.num_frames, self.filename_tmpl, record.start_frame,
+                                       self.replace_bad, root) and record.kind == "test":
+                    longer.append(f"{record.line} ({record.path})")
             except DataError as err:
                 raise DataError(f"{where}: {err}") from None
             self.video_paths.append(path)
+        if longer:  # published lists may cut videos short on purpose: worth a line, not an error
+            LOGGER.warning("%s: %d video(s) hold more frames on disk than their line gives; only the listed "
+                           "frames are scored (lines %s%s); check the frame counts if that is not meant",
+                           self.list_file, len(longer), ", ".join(longer[:5]), " ..." if len(longer) > 5 else "")
         self._cached = (None, None)  # (video index, reader): consecutive segments reuse it
 
     def __getstate__(self):

@@ -360,3 +360,12 @@ def test_folder_checks_refuse_or_vouch(tmp_path, files, claimed, allow_gaps):
     first = 0 if TMPL.format(0) in names else 1
     present = [TMPL.format(first + i) in names for i in range(claimed)]
     assert present[0] and present[-1] and (allow_gaps or all(present))
+
+
+def test_test_list_shorter_than_the_disk_is_logged(data, logged):
+    from datasets.build import build_test_loader
+
+    (data / "test.txt").write_text("frames/v0 24 0 0 24\nframes/v1 20 1 5 9\n")  # v1 holds 30 frames
+    build_test_loader(tiny_cfg(data))
+    assert "1 video(s) hold more frames on disk than their line gives" in logged.text
+    assert "lines 2 (frames/v1)" in logged.text
