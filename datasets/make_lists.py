@@ -201,9 +201,11 @@ def read_gt_masks(folder):
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read frame mask {path}: {exc}") from None
         if mask.ndim != 1 or mask.size == 0:
-            raise DataError(f"frame mask {path} must be a non-empty 1-D array, got shape {mask.shape}")
+            raise DataError(f"frame mask {path} must be a non-empty 1-D array (one 0/1 value per frame), got shape "
+                            f"{mask.shape}; save it as one row, or remove it")
         if not np.isin(mask, (0, 1)).all():
-            raise DataError(f"frame mask {path} must hold only 0 and 1")
+            raise DataError(f"frame mask {path} must hold only 0 and 1 (it holds e.g. "
+                            f"{mask[~np.isin(mask, (0, 1))][:3].tolist()}); fix or regenerate the mask")
         masks[name] = mask.astype(np.uint8)
     if not masks:
         raise DataError(f"no <video>.npy frame masks found in {folder}")
@@ -230,7 +232,8 @@ def _truth_from_masks(videos, masks):
             continue
         if mask.size != video.num_frames:
             raise DataError(
-                f"frame mask of {video.name} has {mask.size} values but the video has {video.num_frames} frames"
+                f"frame mask of {video.name} has {mask.size} values but the video has {video.num_frames} frames "
+                "on disk; re-extract the missing frames, or fix the mask (one value per frame)"
             )
         intervals = mask_intervals(mask)
         truth[video.name] = Truth(1 if intervals else 0, intervals, "test")
@@ -250,7 +253,8 @@ def test_lines(pairs):
         for start, end in truth.intervals:
             if end > video.num_frames:
                 raise DataError(
-                    f"interval {start}-{end} of {video.name} ends after its {video.num_frames} frames"
+                    f"interval {start}-{end} of {video.name} ends after its {video.num_frames} frames on disk; fix the "
+                    "interval in the ground truth (the end is exclusive) or re-extract the frames"
                 )
         if most <= 1:
             interval = truth.intervals[0] if truth.intervals else (0, video.num_frames)

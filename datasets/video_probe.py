@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets.frame_folders import IMAGE_SUFFIXES, contiguous_frame_count  # noqa: F401 (re-exported)
+from datasets.frame_folders import contiguous_frame_count
 from datasets.frames import VIDEO_SUFFIXES, open_video
 from utils.errors import ConfigError, DataError
 

@@ -369,3 +369,18 @@ def test_test_list_shorter_than_the_disk_is_logged(data, logged):
     build_test_loader(tiny_cfg(data))
     assert "1 video(s) hold more frames on disk than their line gives" in logged.text
     assert "lines 2 (frames/v1)" in logged.text
+
+
+@pytest.mark.parametrize("mask, message", [([0, 1, 1, 0], "has 4 values but the video has 5 frames"),
+                                           ([0, 2, 1, 0, 0], "must hold only 0 and 1"),
+                                           ([[0, 1, 1, 0, 0]], "must be a non-empty 1-D array")])
+def test_make_lists_frame_mask_errors_say_what_to_do(tmp_path, mask, message):
+    import numpy as np
+
+    from datasets.make_lists import make_lists
+
+    write_video(tmp_path / "videos" / "clip", 5)
+    (tmp_path / "masks").mkdir()
+    np.save(tmp_path / "masks" / "clip.npy", np.array(mask))
+    err = raised(make_lists, tmp_path, ["videos"], tmp_path / "masks", out_test=tmp_path / "test.txt")
+    check_message(err, DataError, ["clip", message], r"re-extract|regenerate|save it as one row")
