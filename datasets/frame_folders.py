@@ -146,13 +146,18 @@ def check_frame_folder(folder, num_frames: int, filename_tmpl: str, list_start: 
             f"video {folder}: the list gives {num_frames} frames but frame {last.name} (frame "
             f"{num_frames - 1}) is missing; the folder holds {on_disk} files. Fix the frame count in the "
             "list file")
-    entries = {e.name: e for e in os.scandir(folder)}
-    if root is not None:
-        _refuse_outside_links(folder, entries, root)
-    missing = [i for i in range(num_frames) if filename_tmpl.format(first + i) not in entries]
+    entries, links = set(), []
+    with os.scandir(folder) as listing:  # one pass: names, and links from the entry type (no stat)
+        for entry in listing:
+            entries.add(entry.name)
+            if root is not None and entry.is_symlink():
+                links.append(entry)
+    _refuse_outside_links(folder, links, root)
     longer = filename_tmpl.format(first + num_frames) in entries
-    if not missing:
+    name_of = filename_tmpl.format
+    if entries.issuperset(map(name_of, range(first, first + num_frames))):  # the common case
         return longer
+    missing = [i for i in range(num_frames) if name_of(first + i) not in entries]
     name = filename_tmpl.format(first + missing[0])
     others = _other_suffix_frames(entries, filename_tmpl)
     also = (f" (frames saved with another suffix are here: {', '.join(sorted(others))}; give every frame "
@@ -165,16 +170,18 @@ def check_frame_folder(folder, num_frames: int, filename_tmpl: str, list_start: 
     return longer
 
 
-def _refuse_outside_links(folder, entries, root):
+def _refuse_outside_links(folder, links, root):
+    """DataError for the first of ``links`` (os.DirEntry) whose real path is outside ``root``."""
+    if not links:
+        return
     root_real = os.path.realpath(root)
-    for name, entry in entries.items():
-        if entry.is_symlink():
-            target = os.path.realpath(entry.path)
-            if not _inside(target, root_real):
-                raise DataError(
-                    f"video {folder}: frame file {name} is a symbolic link to {target}, outside DATA.ROOT "
-                    f"({root}); data must stay inside the root: copy the file in, or set "
-                    "DATA.ALLOW_OUTSIDE_ROOT True if the link is meant")
+    for entry in links:
+        target = os.path.realpath(entry.path)
+        if not _inside(target, root_real):
+            raise DataError(
+                f"video {folder}: frame file {entry.name} is a symbolic link to {target}, outside DATA.ROOT "
+                f"({root}); data must stay inside the root: copy the file in, or set "
+                "DATA.ALLOW_OUTSIDE_ROOT True if the link is meant")
 
 
 def check_video_on_disk(path, num_frames: int, filename_tmpl: str, list_start: int = 0,
