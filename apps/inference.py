@@ -260,7 +260,7 @@ def unique_dir_name(path, taken):
 
 def infer_video(model, tokens, cfg, video, out_dir, options: InferenceOptions, log=logger):
     """Score one video and write its outputs under ``out_dir``; returns its summary dict."""
-    source = open_source(video, cfg.DATA.FILENAME_TMPL, options.fps)
+    source = open_source(video, cfg.DATA.FILENAME_TMPL, options.fps, bool(cfg.DATA.REPLACE_BAD_FRAMES))
     segs = score_video(model, tokens, source, cfg, options.chunk_frames, options.attack,
                        options.show_progress)
     clean = frame_scores(segs.scores, source.num_frames, options.smooth)

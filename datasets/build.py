@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from datasets.lists import parse_list_file
+from datasets.lists import anomalous_without_frames, parse_list_file
 from datasets.video_dataset import (_TAG_WORKER, SegmentDataset, TrainVideoDataset, derive_seed,
                                     seed_global_rngs)
 from utils import dist
@@ -185,6 +185,8 @@ def _segment_loader(cfg, list_file, kind, dist_info):
     distributed, rank, world = _process_group(dist_info)
     records = parse_list_file(list_file, kind=kind)
     dataset = SegmentDataset(records, cfg, list_file=list_file, rank=rank)
+    if records[0].kind == "test":  # the README promises every run logs this (frame labels are test-list only)
+        anomalous_without_frames(records, bool(cfg.DATA.COUNT_START_ZERO))
     base = ShardSampler(len(dataset), rank, world) if distributed else ShardSampler(len(dataset))
     return _loader(cfg, dataset, EpochKeySampler(base), int(cfg.TEST.BATCH_SIZE), rank)
 

@@ -129,6 +129,9 @@ def detect_start_index(folder, filename_tmpl, list_start=0):
     if (folder / filename_tmpl.format(first)).is_file():
         return first
     sample = sorted(p.name for p in folder.iterdir())[:3] if folder.is_dir() else []
+    if folder.is_dir() and not sample:
+        raise DataError(f"video {folder}: the frame folder is empty (zero frames); extract the video's "
+                        "frames into it, or remove it from the list file")
     raise DataError(
         f"video {folder}: its first frame {filename_tmpl.format(first)} does not exist (folder "
         f"starts with {sample}); check DATA.FILENAME_TMPL and the list's start column")
@@ -164,6 +167,7 @@ class _Reader(abc.ABC):
         self.num_frames = int(num_frames)
         self.replace_bad = replace_bad
         self.replaced = 0  # frames replaced by a neighbour so far (with replace_bad)
+        self.frame_size = None  # (3, H, W) of the frames read so far: every read must match it
         if self.num_frames <= 0:
             raise DataError(f"video {self.path}: the list gives {self.num_frames} frames")
 
@@ -176,9 +180,12 @@ class _Reader(abc.ABC):
         unique = sorted(set(indices))
         frames = self._decode_many(unique)
         sizes = {tuple(f.shape) for f in frames.values()}
+        if self.frame_size is not None:
+            sizes.add(self.frame_size)  # a size change between two reads (infer's chunks, segments)
         if len(sizes) > 1:
             raise DataError(f"video {self.path}: frames differ in size {sorted(sizes)}; "
-                            "all frames of a video must have the same size")
+                            "all frames of a video must have the same size: resize them to one size")
+        self.frame_size = next(iter(sizes))
         return torch.stack([frames[i] for i in indices])
 
     def _decode_many(self, indices):
@@ -285,7 +292,7 @@ class VideoFileReader(_Reader):
             raise DataError(f"video {self.path}: cannot open the video file ({err})"
                             + FIX_VIDEO_FILE) from err
         self._decord_error = decord.DECORDError
-        on_disk = len(self._video)
+        on_disk = self.frames_on_disk = len(self._video)
         if on_disk == 0:
             raise DataError(f"video {self.path}: the video file holds no frames; frame 0 cannot be read"
                             + FIX_VIDEO_FILE)

@@ -60,6 +60,7 @@ class VideoRecord:
     intervals: list = field(default_factory=list)
     line: int = 0
     start_frame: int = 0
+    kind: str = ""  # "train" or "test": how parse_list_file read the line
 
     @property
     def is_anomalous(self) -> bool:
@@ -85,7 +86,11 @@ def _read_text(path, what):
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ListFileError(f"{what} {path} is not UTF-8 text (byte {exc.start}): is it a list file?") from None
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise ListFileError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start})"
+            + ("; it is UTF-16 (as some Windows editors save): save it again as UTF-8" if utf16
+               else ": is it a list file? Save it as UTF-8 text")) from None
 
 
 def _int(token, name, where):
@@ -170,6 +175,15 @@ def _parse_test(columns, where):
     return VideoRecord(columns[0], num_frames, label, intervals, 0, 0)
 
 
+def _check_path_column(text, where):
+    """A control character (a NUL byte from a binary or damaged file) cannot name a file: the
+    operating system would refuse the path with a raw ValueError later."""
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ListFileError(f"{where}: the path column holds the control character {bad!r} "
+                            f"({text[:40]!r}); is the file damaged?")
+
+
 def _check_counts(num_frames, label, where):
     if num_frames <= 0:
         raise ListFileError(f"{where}: the number of frames must be positive, got {num_frames}")
@@ -198,12 +212,70 @@ def parse_list_file(path, kind="auto"):
     records = []
     for number, columns in lines:
         try:
+            _check_path_column(columns[0], f"{path}:{number}")
             record = parse(columns, f"{path}:{number}")
         except ListFileError as err:  # every line error says what to do, once
             raise ListFileError(f"{err}; fix or delete the line ({LINE_FORMATS})") from None
         record.line = number
+        record.kind = kind
         records.append(record)
+    _check_duplicates(records, path)
+    if kind == "test":
+        _check_interval_ends(records, path)
     return records
+
+
+def _check_duplicates(records, path):
+    """Refuse a video listed twice where that changes results; warn where it only weighs more.
+
+    Test lists: scores and ground truth are keyed by the video's path, so a second line would
+    count the video's frames twice in the AUC (or contradict the first): ListFileError. Train
+    lists: the same (path, start, frame count) twice with different labels contradicts itself
+    (error); twice with the same label samples it twice per epoch (warning). Different ranges
+    of one folder (4-column lines) are different training entries.
+    """
+    seen, repeated = {}, []
+    for record in records:
+        key = record.path if record.kind == "test" else (record.path, record.start_frame, record.num_frames)
+        earlier = seen.setdefault(key, record)
+        if earlier is record:
+            continue
+        where = f"{path}:{record.line}"
+        if record.kind == "test" or earlier.label != record.label:
+            same = (earlier.label, earlier.num_frames, earlier.intervals) == (record.label, record.num_frames,
+                                                                               record.intervals)
+            what = "again" if same else (f"again with other values (label {record.label} vs {earlier.label}, "
+                                         f"{record.num_frames} vs {earlier.num_frames} frames, intervals "
+                                         f"{record.intervals} vs {earlier.intervals})")
+            raise ListFileError(
+                f"{where}: video {record.path!r} is listed {what} (first on line {earlier.line}); a video "
+                "may appear once, or its frames would count twice: delete one of the two lines")
+        repeated.append(f"{record.line} (= line {earlier.line}: {record.path})")
+    if repeated:
+        logging.getLogger("FrameShield").warning(
+            "%s: %d line(s) repeat an earlier training entry, so those videos are sampled twice per epoch: "
+            "lines %s%s; delete the repeats unless that is meant", path, len(repeated), ", ".join(repeated[:5]),
+            " ..." if len(repeated) > 5 else "")
+
+
+def _check_interval_ends(records, path):
+    """Intervals past the video's end: starting there is an error (it marks no frame: the
+    interval or the frame count is wrong); ending there is cut at the end and warned about."""
+    cut = []
+    for record in records:
+        for start, end in record.intervals:
+            if start >= record.num_frames:
+                raise ListFileError(
+                    f"{path}:{record.line}: interval {start}-{end} of {record.path} starts at or after the "
+                    f"video's end ({record.num_frames} frames), so it marks no frame; fix the interval or the "
+                    f"frame count ({LINE_FORMATS})")
+            if end > record.num_frames:
+                cut.append(f"{record.line} ({record.path}: {start}-{end}, {record.num_frames} frames)")
+    if cut:
+        logging.getLogger("FrameShield").warning(
+            "%s: %d interval(s) end after their video's last frame and are cut there: line %s%s; check the "
+            "frame counts and intervals of these lines", path, len(cut), ", ".join(cut[:5]),
+            " ..." if len(cut) > 5 else "")
 
 
 # ---------------------------------------------------------------- labels CSV
@@ -264,13 +336,22 @@ def ground_truth(records, count_start_zero=False, logger=None):
     return truth
 
 
+def _marks_frames(record, count_start_zero=False):
+    """Whether frame_labels(record) has a 1, without allocating one label per frame."""
+    for start, end in record.intervals:
+        end = min(end, record.num_frames)
+        if end > start and (start > 0 or (count_start_zero and start == 0 and end < record.num_frames)):
+            return True
+    return False
+
+
 def anomalous_without_frames(records, count_start_zero=False, logger=None):
     """Paths of labelled-anomalous videos (label > 0) whose frame labels are all 0; logged.
 
     Under the published rule these are the anomalies starting at frame 0 (6 of 44 in the
     ShanghaiTech test list); set DATA.COUNT_START_ZERO to count them.
     """
-    missing = [r.path for r in records if r.is_anomalous and not frame_labels(r, count_start_zero).any()]
+    missing = [r.path for r in records if r.is_anomalous and not _marks_frames(r, count_start_zero)]
     log = logger or logging.getLogger("FrameShield")
     total = sum(r.is_anomalous for r in records)
     if missing:
@@ -287,11 +368,14 @@ def anomalous_without_frames(records, count_start_zero=False, logger=None):
 
 # ---------------------------------------------------------------- paths
 def resolve_video_path(root, rel_path, allow_outside_root=False, must_exist=False, source=None):
-    """``root / rel_path``, refusing entries that leave ``root`` (``..`` or absolute paths).
+    """``root / rel_path``, refusing entries that leave ``root`` (``..``, absolute paths, links).
 
-    The check is lexical (symlinks inside the root are followed as the user set them up).
-    ``source`` (e.g. "test.txt:12") is named in the error. Raises ListFileError for an
-    escaping path and DataError when ``must_exist`` and nothing is there.
+    The entry is checked twice: lexically (``..`` and absolute paths), then by its real path,
+    so a symbolic link inside the root that leads outside it (a folder link, or a link on the
+    way) is refused like a ``..`` path; links that stay inside the root are fine, and so is a
+    DATA.ROOT that is itself a link. ``source`` (e.g. "test.txt:12") is named in the error.
+    Raises ListFileError for an escaping path and DataError when ``must_exist`` and nothing
+    is there.
     """
     root = Path(root) if str(root) else Path(".")
     where = f"{source}: " if source else ""
@@ -305,9 +389,15 @@ def resolve_video_path(root, rel_path, allow_outside_root=False, must_exist=Fals
                 f"{where}path {rel_path!r} leads outside DATA.ROOT ({root}); list paths must stay "
                 "inside the root (set DATA.ALLOW_OUTSIDE_ROOT True to allow it)"
             )
+        root_real, real = Path(os.path.realpath(root)), Path(os.path.realpath(joined))
+        if real != root_real and root_real not in real.parents:
+            raise ListFileError(
+                f"{where}path {rel_path!r} is a symbolic link (or passes through one) to {real}, outside "
+                f"DATA.ROOT ({root}); list paths must stay inside the root: move or copy the data in, point "
+                "DATA.ROOT at the real folder, or set DATA.ALLOW_OUTSIDE_ROOT True if the link is meant"
+            )
     if must_exist and not joined.exists():
         raise DataError(
             f"{where}video {rel_path!r} not found at {joined} (check DATA.ROOT and the list file)"
         )
     return joined
-

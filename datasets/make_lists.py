@@ -89,13 +89,34 @@ def scan_videos(root, subdir):
         files = [p for p in folder.iterdir() if p.is_file()]
         frames = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         if frames and folder != base:
-            entries.append(_entry(root, base, folder, len(frames)))
+            entries.append(_entry(root, base, folder, _frame_count(folder, frames)))
         for video in sorted(p for p in files if p.suffix.lower() in VIDEO_SUFFIXES):
             entries.append(_entry(root, base, video, count_video_frames(video)))
     # a frame folder's own sub-folders are not videos of their own
     frame_dirs = {e.path for e in entries}
     entries = [e for e in entries if not any(e.path.startswith(d + "/") for d in frame_dirs if d != e.path)]
     return sorted(entries, key=lambda e: e.path)
+
+
+def _frame_count(folder, frames):
+    """Number of frames of a frame folder, refusing what the loaders could not read as one
+    numbered run: two image suffixes, or a gap in the numbers (the count written would then
+    not be the frames the loader finds, and it would stop on the first missing one)."""
+    suffixes = sorted({p.suffix.lower() for p in frames})
+    if len(suffixes) > 1:
+        counts = ", ".join(f"{sum(p.suffix.lower() == s for p in frames)} {s}" for s in suffixes)
+        raise DataError(f"frame folder {folder} mixes image suffixes ({counts}); the loaders read one "
+                        "DATA.FILENAME_TMPL, so convert or rename the frames to one suffix first")
+    numbers = [re.search(r"(\d+)$", p.stem) for p in frames]
+    if all(numbers):
+        values = sorted(int(m.group(1)) for m in numbers)
+        expected = range(values[0], values[0] + len(values))
+        if values != list(expected):
+            missing = next(n for n, v in zip(expected, values) if n != v)
+            raise DataError(f"frame folder {folder}: frame number {missing} is missing (frames {values[0]}.."
+                            f"{values[-1]} hold {len(values)} files); restore the missing frames or renumber "
+                            "them consecutively before making lists")
+    return len(frames)
 
 
 def _entry(root, base, path, num_frames):
@@ -180,9 +201,11 @@ def read_gt_masks(folder):
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read frame mask {path}: {exc}") from None
         if mask.ndim != 1 or mask.size == 0:
-            raise DataError(f"frame mask {path} must be a non-empty 1-D array, got shape {mask.shape}")
+            raise DataError(f"frame mask {path} must be a non-empty 1-D array (one 0/1 value per frame), got shape "
+                            f"{mask.shape}; save it as one row, or remove it")
         if not np.isin(mask, (0, 1)).all():
-            raise DataError(f"frame mask {path} must hold only 0 and 1")
+            raise DataError(f"frame mask {path} must hold only 0 and 1 (it holds e.g. "
+                            f"{mask[~np.isin(mask, (0, 1))][:3].tolist()}); fix or regenerate the mask")
         masks[name] = mask.astype(np.uint8)
     if not masks:
         raise DataError(f"no <video>.npy frame masks found in {folder}")
@@ -209,7 +232,8 @@ def _truth_from_masks(videos, masks):
             continue
         if mask.size != video.num_frames:
             raise DataError(
-                f"frame mask of {video.name} has {mask.size} values but the video has {video.num_frames} frames"
+                f"frame mask of {video.name} has {mask.size} values but the video has {video.num_frames} frames "
+                "on disk; re-extract the missing frames, or fix the mask (one value per frame)"
             )
         intervals = mask_intervals(mask)
         truth[video.name] = Truth(1 if intervals else 0, intervals, "test")
@@ -229,7 +253,8 @@ def test_lines(pairs):
         for start, end in truth.intervals:
             if end > video.num_frames:
                 raise DataError(
-                    f"interval {start}-{end} of {video.name} ends after its {video.num_frames} frames"
+                    f"interval {start}-{end} of {video.name} ends after its {video.num_frames} frames on disk; fix the "
+                    "interval in the ground truth (the end is exclusive) or re-extract the frames"
                 )
         if most <= 1:
             interval = truth.intervals[0] if truth.intervals else (0, video.num_frames)

@@ -21,6 +21,7 @@ sampler's keys (``(index, epoch)``, see datasets.build), which works with persis
 workers and prefetching alike. Plain integer keys mean epoch 0.
 """
 import functools
+import logging
 import random
 from contextlib import contextmanager
 
@@ -28,12 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from datasets.frame_folders import check_video_on_disk
 from datasets.frames import open_video
 from datasets.lists import resolve_video_path
 from datasets.sampling import train_clip_indices, video_segments
 from datasets.transforms import CenterView, build_test_view, build_train_views, resize_mode
 from utils.errors import DataError
 
+LOGGER = logging.getLogger("FrameShield")
 # tags keep the per-item seed streams apart
 _TAG_SAMPLING, _TAG_AUGMENT, _TAG_SRD, _TAG_WORKER = 1, 2, 3, 4
 
@@ -82,7 +85,13 @@ def seeded_global_rngs(seed):
 
 
 class _ListDataset(Dataset):
-    """Shared part: records, path resolution and the up-front checks of the list."""
+    """Shared part: records, path resolution and the up-front checks of the list.
+
+    Every line's video is checked on disk when the dataset is made (datasets.frame_folders:
+    one stat of the last frame, one listing per folder, a header read per video file), so a
+    wrong frame count, a gap or a link out of DATA.ROOT stops the run before it starts
+    instead of at the item that reaches it, hours in.
+    """
 
     def __init__(self, records, cfg, list_file="", rank=0):
         self.records = list(records)
@@ -95,7 +104,7 @@ class _ListDataset(Dataset):
         self.interval = int(cfg.DATA.FRAME_INTERVAL)
         if not self.records:
             raise DataError(f"list file {self.list_file or '(given records)'} holds no videos")
-        self.video_paths = []
+        self.video_paths, longer = [], []
         for record in self.records:
             where = f"{self.list_file}:{record.line}" if self.list_file else f"video {record.path}"
             if record.num_frames < self.num_frames:
@@ -103,9 +112,20 @@ class _ListDataset(Dataset):
                     f"{where}: video {record.path} has {record.num_frames} frames, fewer than one "
                     f"clip (DATA.NUM_FRAMES={self.num_frames}); remove it from the list or lower "
                     "DATA.NUM_FRAMES")
-            self.video_paths.append(resolve_video_path(
-                cfg.DATA.ROOT, record.path, allow_outside_root=cfg.DATA.ALLOW_OUTSIDE_ROOT,
-                must_exist=True, source=where))
+            path = resolve_video_path(cfg.DATA.ROOT, record.path, allow_outside_root=cfg.DATA.ALLOW_OUTSIDE_ROOT,
+                                      must_exist=True, source=where)
+            root = None if cfg.DATA.ALLOW_OUTSIDE_ROOT else (cfg.DATA.ROOT or ".")
+            try:  # before any segment is built: a count far beyond the disk fails here, at once
+                if check_video_on_disk(path, record.num_frames, self.filename_tmpl, record.start_frame,
+                                       self.replace_bad, root) and record.kind == "test":
+                    longer.append(f"{record.line} ({record.path})")
+            except DataError as err:
+                raise DataError(f"{where}: {err}") from None
+            self.video_paths.append(path)
+        if longer:  # published lists may cut videos short on purpose: worth a line, not an error
+            LOGGER.warning("%s: %d video(s) hold more frames on disk than their line gives; only the listed "
+                           "frames are scored (lines %s%s); check the frame counts if that is not meant",
+                           self.list_file, len(longer), ", ".join(longer[:5]), " ..." if len(longer) > 5 else "")
         self._cached = (None, None)  # (video index, reader): consecutive segments reuse it
 
     def __getstate__(self):
