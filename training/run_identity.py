@@ -58,7 +58,7 @@ def folder_contents(output: Path) -> list[str]:
     if results.exists():
         try:
             data = json.loads(results.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # unreadable or deeply nested: a folder of unknown results
             data = None
         if not isinstance(data, dict):
             kinds.append("unknown")
