@@ -6,14 +6,11 @@ The training stages store the score threshold chosen on the validation frames (m
 checkpoint without one uses :data:`DEFAULT_THRESHOLD`, logged as a warning.
 """
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 
-import torch
 
 from training.checkpoint import checkpoint_file
-from training.checkpoint_checks import check_threshold
+from training.checkpoint_checks import check_threshold, load_state_file
 from utils.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger("FrameShield.inference")
@@ -46,11 +43,7 @@ def read_stored_threshold(weights):
     state_file = checkpoint_file(weights, ".state.pt")
     if not state_file.is_file():
         return None, f"no {state_file.name} beside the checkpoint"
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError,
-            zipfile.BadZipFile, RecursionError) as err:
-        raise CheckpointError(f"cannot read {state_file}: {type(err).__name__}: {err}") from err
+    state = load_state_file(state_file, mmap=True)
     where = f"checkpoint state {state_file}"
     if not isinstance(state, dict):
         raise CheckpointError(f"{where} holds a {type(state).__name__}, not a checkpoint state dict; pass "

@@ -19,11 +19,9 @@ import json
 import logging
 import math
 import os
-import pickle  # only for its exception type; nothing is unpickled with it
 import random
 import re
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -362,12 +360,7 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, strict=True):
             raise CheckpointError(f"{state_file} is missing: {weights} holds weights only and "
                                   "cannot resume training (use it with --pretrained)")
         return result
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError,
-            zipfile.BadZipFile, RecursionError) as err:
-        raise CheckpointError(f"cannot read {state_file}: {type(err).__name__}: {err}") from err
-    checks.check_state(state, state_file)
+    state = checks.check_state(checks.load_state_file(state_file), state_file)
     if optimizer is not None:
         if state.get("optimizer") is None:
             raise CheckpointError(f"{state_file} holds no optimizer state")

@@ -90,6 +90,23 @@ def check_manifest(manifest, manifest_path: Path, tag: str, format_version: int)
     return manifest
 
 
+def load_state_file(state_file: Path, mmap: bool = False):
+    """``torch.load(state_file, weights_only=True)``; any failure is a CheckpointError naming it.
+
+    torch's weights-only unpickler reports a damaged file with whatever its parser hits
+    (UnpicklingError, EOFError, but also IndexError, KeyError or AssertionError on random
+    bytes), so every exception of the parser is translated here, as models.checkpoint_io
+    does for weights files.
+    """
+    import torch
+
+    try:
+        return torch.load(state_file, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # any failure of the parser on a damaged file (see the docstring)
+        raise CheckpointError(f"cannot read {state_file} (truncated or corrupt?): {type(err).__name__}: {err}; "
+                              f"{FIX_HINT}") from err
+
+
 def check_threshold(value, where: str):
     """A stored score threshold: None (none stored) or a number within [0, 1] -> float or None.
 
