@@ -6,7 +6,9 @@ silently wrong value, or a file outside the run that was touched) before issue 1
 import hashlib
 import json
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -324,3 +326,35 @@ def test_deeply_nested_results_json_marks_an_unknown_run(tmp_path):
     (tmp_path / "results.json").write_text(DEEP)
     assert run_identity.folder_contents(tmp_path) == ["unknown"]
 
+
+
+# ----------------------------------------------------------------------------- infer: NaN scores
+class FrameSource:
+    """A stand-in for datasets.video_probe's source: ``num_frames`` random uint8 frames."""
+
+    def __init__(self, num_frames, size):
+        self.path, self.num_frames = Path("clip_frames"), num_frames
+        frames = torch.randint(0, 256, (num_frames, 3, size, size), dtype=torch.uint8,
+                               generator=torch.Generator().manual_seed(0))
+        self.reader = type("Reader", (), {"read": staticmethod(lambda inds: frames[list(inds)])})()
+
+
+def test_infer_refuses_nan_scores_of_finite_but_overflowing_weights():
+    """Weights pass the NaN/Inf check but overflow in the forward pass (an edited checkpoint):
+    infer.py wrote NaN scores and exited 0; now the video is refused naming the cause."""
+    from apps import inference
+    from clip import tokenize
+    from models import xclip
+    from utils.config import get_default_config
+
+    torch.manual_seed(0)
+    model, _, _ = xclip.load(None, "tiny", T=2)
+    cfg = get_default_config()
+    cfg.DATA.NUM_FRAMES, cfg.DATA.INPUT_SIZE, cfg.TEST.NUM_CROP, cfg.TEST.NUM_CLIP = 2, model.input_resolution, 1, 1
+    source = FrameSource(8, model.input_resolution)
+    tokens = tokenize(["normal", "abnormal"])
+    assert np.isfinite(inference.score_video(model, tokens, source, cfg, show_progress=False).scores).all()
+    with torch.no_grad():
+        model.prompts_visual_proj.mul_(1e36)
+    with pytest.raises(CheckpointError, match=r"clip_frames: the model's clean P\(abnormal\) is NaN/Inf"):
+        inference.score_video(model, tokens, source, cfg, show_progress=False)
