@@ -246,3 +246,31 @@ def test_run_identity_reads_any_results_json(tmp_path_factory, text):
     (folder / "results.json").write_text(text, encoding="utf-8", errors="surrogatepass")
     kinds = run_identity.folder_contents(folder)
     assert kinds and set(kinds) <= {"training", "pseudo_labels", "evaluation", "attack", "unknown"}
+
+
+_yaml_text = st.one_of(st.text(max_size=80), _json.map(_text_of),
+                       st.sampled_from(["DATA: [1]", "- a", "{a: {b: c}}", "? [a]\n: 1", "a: " + "[" * 600 + "]" * 600,
+                                        "\ufeffSEED: 1", "SEED: !!python/object:os.system {}", "&a [*a]"]))
+
+
+@pytest.fixture(scope="module")
+def default_config():
+    from utils.config import get_default_config
+
+    return get_default_config()
+
+
+@settings(FUZZ, max_examples=40)
+@given(text=_yaml_text)
+def test_run_config_read_back(tmp_path_factory, default_config, text):
+    """The config.yaml of the run in an output folder, read back to compare it with a new run."""
+    from training.stage import check_output_folder
+    from utils.errors import ConfigError
+
+    folder = tmp_path_factory.mktemp("fuzz_config")
+    (folder / "results.json").write_text('{"test": {}}')
+    (folder / "config.yaml").write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        check_output_folder(default_config, folder, overwrite=False)
+    except ConfigError as err:
+        assert str(folder) in str(err)

@@ -358,3 +358,19 @@ def test_infer_refuses_nan_scores_of_finite_but_overflowing_weights():
         model.prompts_visual_proj.mul_(1e36)
     with pytest.raises(CheckpointError, match=r"clip_frames: the model's clean P\(abnormal\) is NaN/Inf"):
         inference.score_video(model, tokens, source, cfg, show_progress=False)
+
+
+@pytest.mark.parametrize("data", [b"[1, 2]\n", b"3\n", b"\xff\xfe\x00", b"a: " + b"[" * 600 + b"]" * 600],
+                         ids=["list", "scalar", "not-utf8", "deep"])
+def test_unreadable_config_of_the_run_in_a_folder_is_a_config_error(tmp_path, data):
+    """config.yaml read back to compare a new run with the folder's: a traceback before."""
+    from training.stage import check_output_folder
+    from utils.config import get_default_config
+    from utils.errors import ConfigError
+
+    (tmp_path / "results.json").write_text(json.dumps({"test": {}}))
+    (tmp_path / "config.yaml").write_bytes(data)
+    with pytest.raises(ConfigError, match=r"config.yaml .*cannot be read|config.yaml .*not a mapping") as err:
+        check_output_folder(get_default_config(), tmp_path, overwrite=False)
+    assert "--overwrite" in str(err.value)
+    assert check_output_folder(get_default_config(), tmp_path, overwrite=True) is False
