@@ -4,23 +4,46 @@ from pathlib import Path
 import numpy as np
 
 from apps.demo_stages import METRIC_TITLES, METRICS, MODELS, fmt, read_json
-from training.pseudo_labels import VideoPseudoLabels, agreement
+from training.pseudo_labels import agreement, read_pseudo_label_file
 
 
 def pseudo_label_agreement(labels_file: Path, data_root: Path) -> dict | None:
     """How often the pseudo labels of anomalous training videos equal the true clip labels.
 
     The truth (from the generator's meta.json, never read by training) of a segment is 1
-    when any of its sampled frames lies in the anomaly interval.
+    when any of its sampled frames lies in the anomaly interval. Both files are validated
+    (training.pseudo_labels.read_pseudo_label_file, :func:`meta_videos`): a damaged one is a
+    DataError naming it, not a traceback at the end of a long demo.
     """
     meta_file = data_root / "meta.json"
     if not (labels_file.is_file() and meta_file.is_file()):
         return None
-    videos = read_json(meta_file)["videos"]
-    labels = {path: VideoPseudoLabels(entry["num_frames"], np.asarray(entry["frame_inds"]), np.asarray(entry["labels"]))
-              for path, entry in read_json(labels_file).items()}
-    intervals = {path: info["interval"] for path, info in videos.items() if info.get("label")}
+    videos = meta_videos(meta_file)
+    labels = read_pseudo_label_file(labels_file)
+    intervals = {path: info["interval"] for path, info in videos.items() if info.get("label") and path in labels}
     return agreement(labels, intervals)
+
+
+def meta_videos(meta_file: Path) -> dict:
+    """``videos`` of a synthetic dataset's meta.json: {path: info dict}, each anomalous video's
+    ``interval`` a pair of integers (start < end) or null; DataError naming the file otherwise."""
+    from utils.errors import DataError
+
+    hint = "delete the synthetic dataset folder (demo.py generates it again when absent)"
+    try:
+        videos = read_json(meta_file).get("videos")
+    except (OSError, ValueError, RecursionError, AttributeError) as err:
+        raise DataError(f"{meta_file} is not a readable JSON object ({type(err).__name__}: {err}); {hint}") from err
+    if not isinstance(videos, dict) or not all(isinstance(v, dict) for v in videos.values()):
+        raise DataError(f"{meta_file}: 'videos' must be an object of per-video objects; {hint}")
+    for path, info in videos.items():
+        interval = info.get("interval")
+        if interval is not None and not (isinstance(interval, list) and len(interval) == 2
+                                         and all(isinstance(v, int) and not isinstance(v, bool) for v in interval)
+                                         and 0 <= interval[0] < interval[1]):
+            raise DataError(f"{meta_file}: video {path!r} has interval {interval!r}; it must be [start, end] "
+                            f"with integers 0 <= start < end, or null; {hint}")
+    return videos
 
 
 def collect(output: Path, seeds, data_root: Path) -> dict:
@@ -196,7 +219,7 @@ def plot_roc_curves(path: Path, output: Path, seed) -> Path:
 
 def pick_videos(data_root: Path, count=4) -> list:
     """Test videos to draw: the first anomalous one of each anomaly type (list order), then normal."""
-    meta = read_json(data_root / "meta.json")["videos"]
+    meta = meta_videos(data_root / "meta.json")
     chosen, types = [], set()
     for path, info in meta.items():
         if info["split"] == "test" and info.get("label") and info.get("anomaly") not in types:
@@ -214,7 +237,7 @@ def plot_score_grid(path: Path, output: Path, seed, data_root: Path) -> Path:
     from utils.plots import anomaly_intervals, save_figure
 
     videos = pick_videos(data_root)
-    meta = read_json(data_root / "meta.json")["videos"]
+    meta = meta_videos(data_root / "meta.json")
     models = (("baseline", "PromptMIL"), ("frameshield", "FrameShield"))
     data = {m: _attack_scores(output / f"seed{seed}" / f"attack_{m}") for m, _ in models}
     figure = Figure(figsize=(11, 1.9 * len(videos) + 0.6))

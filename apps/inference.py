@@ -42,7 +42,7 @@ import torch
 from apps.intervals import annotation_labels, detect_intervals, frame_scores, parse_interval_text, video_auc
 from apps.render import DEFAULT_RENDER_SECONDS, plot_scores, render_annotated
 from datasets.video_probe import open_source
-from utils.errors import ConfigError, DataError
+from utils.errors import CheckpointError, ConfigError, DataError
 from utils.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger("FrameShield.inference")
@@ -181,12 +181,25 @@ def score_video(model, tokens, source, cfg, chunk_frames=DEFAULT_CHUNK_FRAMES, a
             attacked.append(adv_scores)
         bar.update(len(group))
     bar.close()
-    return SegmentScores(
+    result = SegmentScores(
         starts=np.array([s.start for s in segments], dtype=np.int64),
         lengths=np.array([s.length for s in segments], dtype=np.int64),
         scores=torch.cat(scores).numpy().astype(np.float32),
         attacked=torch.cat(attacked).numpy().astype(np.float32) if attack is not None else None,
         max_linf=max_linf, seconds=time.time() - started)
+    check_finite_scores(result, source.path)
+    return result
+
+
+def check_finite_scores(result: SegmentScores, video) -> None:
+    """Refuse NaN/Inf scores: finite weights can still overflow (an edited or diverged checkpoint
+    with huge values), and NaN scores would be written, thresholded and reported as a success."""
+    for kind, values in (("clean", result.scores), ("attacked", result.attacked)):
+        if values is not None and not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).sum())
+            raise CheckpointError(f"video {video}: the model's {kind} P(abnormal) is NaN/Inf for {bad} of "
+                                  f"{len(values)} segment(s); the checkpoint's weights overflow (a diverged or "
+                                  "edited checkpoint?); use another checkpoint (e.g. an earlier epoch_N)")
 
 
 # ----------------------------------------------------------------------------- outputs

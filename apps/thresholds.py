@@ -6,14 +6,11 @@ The training stages store the score threshold chosen on the validation frames (m
 checkpoint without one uses :data:`DEFAULT_THRESHOLD`, logged as a warning.
 """
 import logging
-import math
-import pickle
-import zipfile
 from pathlib import Path
 
-import torch
 
 from training.checkpoint import checkpoint_file
+from training.checkpoint_checks import check_threshold, load_state_file
 from utils.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger("FrameShield.inference")
@@ -46,22 +43,27 @@ def read_stored_threshold(weights):
     state_file = checkpoint_file(weights, ".state.pt")
     if not state_file.is_file():
         return None, f"no {state_file.name} beside the checkpoint"
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError,
-            zipfile.BadZipFile) as err:
-        raise CheckpointError(f"cannot read {state_file}: {type(err).__name__}: {err}") from err
-    extra = (state.get("extra") or {}) if isinstance(state, dict) else {}
+    state = load_state_file(state_file, mmap=True)
+    where = f"checkpoint state {state_file}"
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where} holds a {type(state).__name__}, not a checkpoint state dict; pass "
+                              "--threshold T, or use the checkpoint's original files")
+    extra = state.get("extra", {})
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{where}: 'extra' must be a dict, got {type(extra).__name__}; pass --threshold T, "
+                              "or use the checkpoint's original files")
     # best.*: extra.score_threshold; every checkpoint of a training run also carries the
     # training state's threshold dict (that of the best evaluation so far)
     value, key = extra.get("score_threshold"), "extra.score_threshold"
-    if value is None and isinstance(extra.get("threshold"), dict):
-        value, key = extra["threshold"].get("f1"), "extra.threshold.f1"
+    if value is None:
+        stored = extra.get("threshold")
+        if stored is not None and not isinstance(stored, dict):
+            raise CheckpointError(f"{where}: 'extra.threshold' must be a dict, got {type(stored).__name__}; "
+                                  "pass --threshold T, or use the checkpoint's original files")
+        value, key = (stored or {}).get("f1"), "extra.threshold.f1"
+    value = check_threshold(value, f"{where}, '{key}'")
     if value is None:
         return None, f"{state_file.name} holds no score threshold"
-    value = float(value)
-    if not math.isfinite(value):
-        return None, f"{state_file.name} holds a non-finite score threshold ({value})"
     return value, f"{state_file} ({key}, max F1 on the validation frames)"
 
 

@@ -19,16 +19,15 @@ import json
 import logging
 import math
 import os
-import pickle  # only for its exception type; nothing is unpickled with it
 import random
 import re
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from training import checkpoint_checks as checks
 from utils.errors import CheckpointError
 from utils.io import atomic_write_json, atomic_write_text
 
@@ -58,15 +57,23 @@ def capture_rng_state():
 
 
 def restore_rng_state(state):
-    """Undo :func:`capture_rng_state` (the CUDA state only when CUDA is available)."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
-                         npy["has_gauss"], npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    """Undo :func:`capture_rng_state` (the CUDA state only when CUDA is available).
+
+    The state comes from a checkpoint file, so a malformed one (edited, or from another
+    program) is a CheckpointError, not a KeyError half-way through restoring.
+    """
+    try:
+        py = state["python"]
+        random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+        npy = state["numpy"]
+        np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                             npy["has_gauss"], npy["cached_gaussian"]))
+        torch.set_rng_state(state["torch"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError) as err:
+        raise CheckpointError(f"the checkpoint's RNG state is malformed ({type(err).__name__}: {err}); resume "
+                              f"from another checkpoint or start a fresh run ({checks.FIX_HINT})") from err
 
 
 # ----------------------------------------------------------------------------- saving
@@ -134,23 +141,30 @@ def _keep_previous(folder, tag):
     manifest = read_manifest(base.with_name(tag + ".manifest.json"), tag)
     (folder / f"{previous}.manifest.json").unlink(missing_ok=True)  # invalid while relinked
     linked = {}
+    where = f"checkpoint {base}"
     for name, entry in manifest["files"].items():
-        target = folder / (previous + name[len(tag):])
+        source = checks.plain_file(folder, folder / name, where)
+        target = checks.inside(folder, folder / (previous + name[len(tag):]), where)
         target.unlink(missing_ok=True)
         try:
-            os.link(folder / name, target)
+            os.link(source, target, follow_symlinks=False)
         except OSError:  # a file system without hard links: copy instead
-            shutil.copy2(folder / name, target)
+            shutil.copy2(source, target, follow_symlinks=False)
         linked[target.name] = entry
     atomic_write_text(folder / f"{previous}.manifest.json",
                       json.dumps({**manifest, "tag": previous, "files": linked}, indent=2) + "\n")
 
 
 def _remove_checkpoint(folder, tag):
-    """Delete checkpoint ``tag`` (manifest first, so a partial removal is never valid)."""
-    (folder / f"{tag}.manifest.json").unlink(missing_ok=True)
+    """Delete checkpoint ``tag`` (manifest first, so a partial removal is never valid).
+
+    Each name is checked to lie in ``folder`` first; a symbolic link is removed as a link
+    (its target, wherever it is, is never touched).
+    """
+    where = f"removing checkpoint {folder / tag}"
+    checks.inside(folder, folder / f"{tag}.manifest.json", where).unlink(missing_ok=True)
     for suffix in SUFFIXES:
-        (folder / f"{tag}{suffix}").unlink(missing_ok=True)
+        checks.inside(folder, folder / f"{tag}{suffix}", where).unlink(missing_ok=True)
 
 
 def _atomic_torch_save(obj, path):
@@ -214,38 +228,26 @@ def read_manifest(manifest_path, tag):
     Its ``files`` must name exactly the checkpoint's own files (``{tag}.safetensors``,
     ``{tag}.state.pt``, ``{tag}.yaml``: plain names in the manifest's folder, no path
     separators, ``..`` or absolute paths), each with an integer ``size`` and a hex
-    ``sha256``; ``epoch`` and ``step`` are integers. None of the files may be a symbolic
-    link. Anything else raises CheckpointError naming the manifest, so an edited manifest
-    can never make a run read, link or delete a file outside its checkpoint folder.
+    ``sha256``; ``epoch`` and ``step`` are integers. Neither the manifest nor any of the
+    files may be a symbolic link. Anything else raises CheckpointError naming the manifest
+    (training.checkpoint_checks.check_manifest), so an edited manifest can never make a run
+    read, link or delete a file outside its checkpoint folder.
     """
     manifest_path = Path(manifest_path)
     where = f"checkpoint manifest {manifest_path}"
+    if manifest_path.is_symlink():
+        raise CheckpointError(f"{where} is a symbolic link; checkpoint files must be plain files inside "
+                              f"the checkpoint folder ({checks.FIX_HINT})")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{where} is unreadable: {err}") from err
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{where} is not a JSON object; delete the checkpoint or restore it")
-    for key in ("epoch", "step"):
-        if not isinstance(manifest.get(key), int) or isinstance(manifest.get(key), bool) or manifest[key] < 0:
-            raise CheckpointError(f"{where}: '{key}' must be a non-negative integer, got {manifest.get(key)!r}")
-    files = manifest.get("files")
-    expected_names = {f"{tag}{suffix}" for suffix in (".safetensors", ".state.pt", ".yaml")}
-    if not isinstance(files, dict) or set(files) != expected_names:
-        names = sorted(files) if isinstance(files, dict) else files
-        raise CheckpointError(f"{where}: 'files' must name exactly {sorted(expected_names)} (in the manifest's "
-                              f"folder), got {names!r}; the manifest was edited or belongs to another checkpoint")
-    for name, entry in files.items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("size"), int) and not isinstance(entry["size"], bool)
-                and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
-                and all(c in "0123456789abcdef" for c in entry["sha256"])):
-            raise CheckpointError(f"{where}: the entry of {name} needs an integer 'size' and a 64-digit hex "
-                                  f"'sha256', got {entry!r}")
-        file = manifest_path.parent / name
-        if file.is_symlink():
-            raise CheckpointError(f"{where}: {file} is a symbolic link; checkpoint files must be plain files "
-                                  "inside the checkpoint folder")
-    return manifest
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (OSError, ValueError, RecursionError) as err:
+        raise CheckpointError(f"{where} is unreadable: {type(err).__name__}: {err}; {checks.FIX_HINT}") from err
+    return checks.check_manifest(manifest, manifest_path, tag, FORMAT_VERSION)
+
+
+def _refuse_constant(name):
+    """json.loads accepts NaN/Infinity/-Infinity, which no file of ours holds: refuse them."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def verify_checkpoint(path):
@@ -358,27 +360,31 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, strict=True):
             raise CheckpointError(f"{state_file} is missing: {weights} holds weights only and "
                                   "cannot resume training (use it with --pretrained)")
         return result
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError,
-            zipfile.BadZipFile) as err:
-        raise CheckpointError(f"cannot read {state_file}: {type(err).__name__}: {err}") from err
+    state = checks.check_state(checks.load_state_file(state_file), state_file)
     if optimizer is not None:
         if state.get("optimizer") is None:
             raise CheckpointError(f"{state_file} holds no optimizer state")
         try:
             optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as err:
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError) as err:
             raise CheckpointError(f"{state_file}: the optimizer state does not fit this model's "
                                   f"trainable parameters ({err}); was MODEL.FIX_TEXT or MODEL.TRAIN_VIDEO_HEAD changed? (checkpoints saved before MODEL.FIX_TEXT froze head_video and logit_scale resume with MODEL.TRAIN_VIDEO_HEAD True)") from err
     if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
+        try:
+            scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{state_file}: the scheduler state is malformed ({type(err).__name__}: {err}); "
+                                  f"{checks.FIX_HINT}") from err
     for key in ("epoch", "step", "best_metric", "extra", "rng", "config_yaml"):
         result[key] = state.get(key, result[key])
     return result
 
 
 def _load_weights(model, state_dict, source, strict):
+    """Load ``state_dict`` into ``model`` after the checks every loader shares: shapes, keys,
+    and (models.xclip.check_weight_values) no integer/bool or NaN/Inf values for float weights."""
+    from models.xclip import check_weight_values
+
     expected = model.state_dict()
     wrong_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                    for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
@@ -394,4 +400,8 @@ def _load_weights(model, state_dict, source, strict):
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
         raise CheckpointError(f"{source} does not fit this model (another architecture or "
                               f"MODEL.ARCH / DATA.NUM_FRAMES?): {'; '.join(parts)}")
+    try:
+        check_weight_values(state_dict, expected)
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err}") from None
     model.load_state_dict(state_dict, strict=strict)

@@ -158,18 +158,11 @@ def read_pseudo_labels(path, records) -> dict[str, VideoPseudoLabels]:
     """Read ``path`` and check it against the training list ``records`` (VideoRecords).
 
     Every anomalous training video must have an entry with the list's frame count, and
-    every entry must name a video of the list; otherwise DataError says what differs.
+    every entry must name a video of the list; otherwise DataError says what differs. The
+    video names are only compared with the list, never turned into paths.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"pseudo-label file {path} does not exist; {REGENERATE_HINT}")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"pseudo-label file {path} is not valid JSON ({err}); {REGENERATE_HINT}") from err
-    if not isinstance(raw, dict):
-        raise DataError(f"pseudo-label file {path}: expected a JSON object keyed by video path; {REGENERATE_HINT}")
-
+    raw = _load_json_object(path)
     frames_by_path = {rec.path: rec.num_frames for rec in records}
     unknown = sorted(set(raw) - set(frames_by_path))
     if unknown:
@@ -186,33 +179,100 @@ def read_pseudo_labels(path, records) -> dict[str, VideoPseudoLabels]:
     return {key: _parse_entry(path, key, value, frames_by_path[key]) for key, value in raw.items()}
 
 
+def read_pseudo_label_file(path) -> dict[str, VideoPseudoLabels]:
+    """Read ``path`` without a training list (the demo summary): every entry is validated as
+    by :func:`read_pseudo_labels`, against its own ``num_frames``."""
+    path = Path(path)
+    raw = _load_json_object(path)
+    return {key: _parse_entry(path, key, value, None) for key, value in raw.items()}
+
+
+def _load_json_object(path: Path) -> dict:
+    """The top-level object of a pseudo-label file; DataError for anything but a JSON object
+    without NaN/Infinity tokens and duplicate video keys."""
+    if not path.is_file():
+        raise DataError(f"pseudo-label file {path} does not exist; {REGENERATE_HINT}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant,
+                         object_pairs_hook=_no_duplicates)
+    except (OSError, ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"pseudo-label file {path} is not valid JSON ({type(err).__name__}: {err}); "
+                        f"{REGENERATE_HINT}") from err
+    if not isinstance(raw, dict):
+        raise DataError(f"pseudo-label file {path}: expected a JSON object keyed by video path, got a "
+                        f"{type(raw).__name__}; {REGENERATE_HINT}")
+    return raw
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON number (a pseudo-label file holds finite numbers only)")
+
+
+def _no_duplicates(pairs):
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"duplicate key(s) {dup[:3]} in one object (which entry counts is ambiguous)")
+    return dict(pairs)
+
+
+MAX_LABEL = 2**31 - 1  # class ids; a larger "label" is a damaged file, not a class
+
+
+def _int_list(values, where, field, high, bound=None):
+    """``values`` as a list of ints in [0, high], else DataError (bools, floats such as 0.5,
+    strings and huge numbers are refused, never truncated or cast)."""
+    if not isinstance(values, list) or not values:
+        raise DataError(f"{where}: {field} must be a non-empty list of integers, got {_show(values)}; {REGENERATE_HINT}")
+    for v in values:
+        if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= high):
+            raise DataError(f"{where}: {field} holds {_show(v)}; it must hold {bound or f'integers in [0, {high}]'}; "
+                            f"{REGENERATE_HINT}")
+    return values
+
+
+def _show(value, width=60):
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "..."
+
+
 def _parse_entry(path, key, value, list_frames) -> VideoPseudoLabels:
+    """One video's entry, every field checked (``list_frames``: the training list's frame
+    count, or None to check against the entry's own ``num_frames``)."""
     where = f"pseudo-label file {path}, video {key!r}"
     if not isinstance(value, dict) or not {"num_frames", "frame_inds", "labels"} <= set(value):
         raise DataError(f"{where}: expected an object with num_frames, frame_inds and labels; {REGENERATE_HINT}")
-    if value["num_frames"] != list_frames:
+    written = value["num_frames"]
+    if not (isinstance(written, int) and not isinstance(written, bool) and written > 0):
+        raise DataError(f"{where}: num_frames must be a positive integer, got {_show(written)}; {REGENERATE_HINT}")
+    if list_frames is not None and written != list_frames:
         raise DataError(
-            f"{where}: written for {value['num_frames']} frames but the training list says {list_frames}; "
-            f"{REGENERATE_HINT}"
+            f"{where}: written for {written} frames but the training list says {list_frames}; {REGENERATE_HINT}"
         )
-    try:
-        frame_inds = np.asarray(value["frame_inds"], dtype=np.int64)
-        labels = np.asarray(value["labels"], dtype=np.int64)
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{where}: frame_inds/labels are not integer arrays ({err}); {REGENERATE_HINT}") from err
-    if frame_inds.ndim != 2 or frame_inds.shape[1] == 0 or labels.ndim != 1 or len(labels) == 0 \
-            or len(labels) != len(frame_inds):
-        raise DataError(
-            f"{where}: need frame_inds [S][T] and labels [S] with S > 0, got shapes "
-            f"{frame_inds.shape} and {labels.shape}; {REGENERATE_HINT}"
-        )
-    if labels.min() < 0 or frame_inds.min() < 0:
-        raise DataError(f"{where}: negative label or frame index; {REGENERATE_HINT}")
-    if np.any(np.diff(frame_inds[:, 0]) <= 0) or frame_inds.max() >= list_frames:
-        raise DataError(f"{where}: segments must be in time order (first frames rising) with frames "
-                        f"below num_frames={list_frames}; {REGENERATE_HINT}")
-    scores = np.asarray(value["scores"], dtype=np.float64) if len(value.get("scores") or []) == len(labels) else None
-    return VideoPseudoLabels(int(list_frames), frame_inds, labels, scores)
+    frames = written if list_frames is None else list_frames
+    rows = value["frame_inds"]
+    if not isinstance(rows, list) or not rows:
+        raise DataError(f"{where}: frame_inds must be a non-empty list of segments [S][T], got {_show(rows)}; "
+                        f"{REGENERATE_HINT}")
+    bound = f"frame indices >= 0 and below num_frames={frames}"
+    rows = [_int_list(row, where, f"frame_inds[{s}]", frames - 1, bound) for s, row in enumerate(rows)]
+    if len({len(row) for row in rows}) != 1:
+        raise DataError(f"{where}: every segment of frame_inds needs the same number of frames, got "
+                        f"{sorted({len(row) for row in rows})}; {REGENERATE_HINT}")
+    labels = _int_list(value["labels"], where, "labels", MAX_LABEL)
+    if len(labels) != len(rows):
+        raise DataError(f"{where}: {len(labels)} labels for {len(rows)} segments of frame_inds; {REGENERATE_HINT}")
+    frame_inds = np.asarray(rows, dtype=np.int64)
+    if np.any(np.diff(frame_inds[:, 0]) <= 0):
+        raise DataError(f"{where}: segments must be in time order (first frames rising); {REGENERATE_HINT}")
+    scores = value.get("scores")
+    if scores is not None:
+        if not (isinstance(scores, list) and len(scores) == len(labels)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in scores)):
+            raise DataError(f"{where}: scores must be a list of {len(labels)} numbers in [0, 1] (one per segment), "
+                            f"got {_show(scores)}; {REGENERATE_HINT}")
+        scores = np.asarray(scores, dtype=np.float64)
+    return VideoPseudoLabels(int(frames), frame_inds, np.asarray(labels, dtype=np.int64), scores)
 
 
 @torch.no_grad()

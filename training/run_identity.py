@@ -29,6 +29,10 @@ computes. A key absent from an older config.yaml counts as its default value.
 import json
 from pathlib import Path
 
+import yaml
+
+from utils.errors import ConfigError
+
 # Keys that say how a run is executed, not what it computes; they may differ between the
 # runs sharing one output folder (e.g. pseudo-label generation and the training after it).
 RUN_MODE_KEYS = {
@@ -58,7 +62,7 @@ def folder_contents(output: Path) -> list[str]:
     if results.exists():
         try:
             data = json.loads(results.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # unreadable or deeply nested: a folder of unknown results
             data = None
         if not isinstance(data, dict):
             kinds.append("unknown")
@@ -73,6 +77,24 @@ def folder_contents(output: Path) -> list[str]:
     elif (output / "scores.npz").exists() and not kinds:
         kinds.append("unknown")
     return sorted(set(kinds))
+
+
+def read_run_config(config_file: Path) -> dict:
+    """The mapping in a folder's ``config.yaml`` (written by an earlier run), read back to
+    compare it with a new run; ConfigError naming the file when it is not a YAML mapping
+    (a list, a scalar, bytes that are not UTF-8, nesting too deep to parse)."""
+    config_file = Path(config_file)
+    try:
+        tree = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as err:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(f"{config_file} (the config of the run in this folder) cannot be read "
+                          f"({type(err).__name__}: {err}); choose another --output, or pass --overwrite") from err
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{config_file} (the config of the run in this folder) is a {type(tree).__name__}, not "
+                          "a mapping of config keys; choose another --output, or pass --overwrite")
+    return tree
 
 
 def _matches(key, prefixes):

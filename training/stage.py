@@ -23,7 +23,8 @@ import torch
 import yaml
 
 # which keys make two runs the same run, per what a folder holds: training/run_identity.py
-from training.run_identity import RESULT_FILES, RUN_MODE_KEYS, compared_keys, folder_contents  # noqa: F401
+from training.run_identity import (RESULT_FILES, RUN_MODE_KEYS, compared_keys, folder_contents,  # noqa: F401
+                                   read_run_config)
 from utils.config import config_to_yaml, get_config, save_config
 from utils.errors import CheckpointError, ConfigError
 from utils.io import atomic_path, atomic_write_json
@@ -100,7 +101,7 @@ def config_differences(cfg, config_file, keys=None) -> list[str]:
     from utils.config import get_default_config
 
     defaults = _flatten(yaml.safe_load(config_to_yaml(get_default_config())))
-    old = {**defaults, **_flatten(yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {})}
+    old = {**defaults, **_flatten(read_run_config(config_file))}
     new = _flatten(yaml.safe_load(config_to_yaml(cfg)))
     candidates = (set(old) | set(new)) - RUN_MODE_KEYS if keys is None else set(keys)
     return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
@@ -123,7 +124,7 @@ def check_output_folder(cfg, output: Path, overwrite: bool) -> bool:
         try:
             keys = compared_keys(kinds, _flatten(yaml.safe_load(config_to_yaml(cfg))))
             diffs = config_differences(cfg, config_file, keys)
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, ConfigError) as err:
             diffs = [f"its config.yaml cannot be read ({err})"]
         if not diffs:
             return not overwrite
