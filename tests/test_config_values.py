@@ -172,3 +172,9 @@ def test_run_demo_refuses_a_negative_job_count_before_touching_the_disk(tmp_path
     with pytest.raises(ConfigError, match="jobs must be >= 0"):
         run_demo(preset="ci", output=tmp_path / "demo", device="cpu", jobs=-1)
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_negative_local_rank_in_the_environment_is_refused(empty_yaml, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "-2")
+    with pytest.raises(ConfigError, match="LOCAL_RANK='-2' is not an integer >= 0"):
+        config(empty_yaml)

@@ -350,8 +350,9 @@ def resolve_local_rank(args=None):
     """LOCAL_RANK from the environment (torchrun) if set, else ``args.local_rank``, else -1."""
     env = os.environ.get("LOCAL_RANK")
     if env is not None and env.strip() != "":
-        if not _INT_RE.fullmatch(env.strip()):
-            raise ConfigError(f"environment variable LOCAL_RANK={env!r} is not an integer")
+        if not _INT_RE.fullmatch(env.strip()) or int(env) < 0:
+            raise ConfigError(f"environment variable LOCAL_RANK={env!r} is not an integer >= 0; "
+                              "unset it (one process) or launch with torchrun")
         return int(env)
     value = getattr(args, "local_rank", -1) if args is not None else -1
     return -1 if value is None else int(value)
