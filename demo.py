@@ -23,7 +23,7 @@ def build_parser():
     parser.add_argument("--preset", default="default", choices=sorted(DEMO_PRESETS),
                         help="; ".join(f"{k}: {v.description}" for k, v in DEMO_PRESETS.items()))
     parser.add_argument("--seeds", type=positive_int(), default=1, help="number of training seeds (seed 0, 1, ...)")
-    parser.add_argument("--first-seed", type=non_negative_int("SEED is in [0, 2^62]"), default=0,
+    parser.add_argument("--first-seed", type=int, default=0,
                         help="first training seed")
     parser.add_argument("--output", default=None,
                         help="output folder (default output/demo for the default preset, "

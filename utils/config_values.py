@@ -21,7 +21,8 @@ from utils.errors import ConfigError
 
 Rule = tuple[Callable[[object], bool], str, str]
 
-# A seed is added to the rank and worker numbers and handed to torch (< 2**63) and numpy.
+# A seed is added to the rank and worker numbers and handed to torch ([-2**63, 2**64)) and
+# numpy (modulo 2**32); negative seeds work everywhere.
 MAX_SEED = 2**62
 # The width/zero-padding of a frame number: '', '05', '08d', 'd' (no fill, sign or precision).
 _FRAME_SPEC = re.compile(r"0?\d{0,2}d?", re.ASCII)
@@ -62,8 +63,8 @@ VALUE_RULES: dict[str, Rule] = {
                              "DATA.NUM_WORKERS 0); the default is 2"),
     "MODEL.DROP_PATH_RATE": (_range(0.0, 1.0, high_open=True), "in [0, 1)", "the published value is 0.0"),
     "MODEL.PRETRAINED": _PATH, "MODEL.RESUME": _PATH,
-    "MODEL.PROMPTS_LAYERS": (_range(1), ">= 1", "the published value is 2"),
-    "MODEL.MIT_LAYERS": (_range(1), ">= 1", "the published value is 1"),
+    "MODEL.PROMPTS_LAYERS": (_range(0), ">= 0", "0 = no prompt-generator block; the published value is 2"),
+    "MODEL.MIT_LAYERS": (_range(0), ">= 0", "0 = no cross-frame attention block; the published value is 1"),
     "TRAIN.EPOCHS": (_range(1), ">= 1", "to evaluate a checkpoint without training pass --only_test"),
     "TRAIN.WARMUP_EPOCHS": (_range(0), ">= 0", "0 = no warmup"),
     "TRAIN.LR": (_range(0.0, low_open=True), "> 0", "the published value is 8e-6"),
@@ -84,7 +85,7 @@ VALUE_RULES: dict[str, Rule] = {
     "ROBUSTNESS.SANITY_TOL": (_range(0.0, 1.0), "an AUC difference in [0, 1]", "the default is 0.02"),
     "AUG.COLOR_JITTER": _PROBABILITY, "AUG.GRAY_SCALE": _PROBABILITY,
     "OUTPUT": _PATH,
-    "SEED": (_range(0, MAX_SEED), "in [0, 2^62]", "any non-negative integer such as 1024"),
+    "SEED": (_range(-MAX_SEED, MAX_SEED), "in [-2^62, 2^62]", "e.g. 1024"),
 }
 
 
