@@ -52,7 +52,7 @@ def _paths_ok(values) -> bool:
     return all(isinstance(v, str) and "\x00" not in v for v in values)
 
 
-_PROBABILITY = (_range(0.0, 1.0), "a probability in [0, 1]", "")
+_PROBABILITY = (_range(0.0, 1.0), "a probability in [0, 1]", "0 = never, 1 = always (a share of the clips)")
 _PATH = (_no_nul, "a path without NUL characters", "retype the path")
 
 VALUE_RULES: dict[str, Rule] = {
@@ -134,7 +134,7 @@ def validate_values(cfg, sources: Mapping[str, str] | None = None) -> None:
     for key, (check, requirement, hint) in VALUE_RULES.items():
         value = _get(cfg, key)
         if not check(value):
-            raise ConfigError(f"{key}{where(key)} must be {requirement}, got {value!r}" + (f"; {hint}" if hint else ""))
+            raise ConfigError(f"{key}{where(key)} must be {requirement}, got {value!r}; {hint}")
     problem = filename_template_problem(cfg.DATA.FILENAME_TMPL)
     if problem:
         raise ConfigError(f"DATA.FILENAME_TMPL{where('DATA.FILENAME_TMPL')} {cfg.DATA.FILENAME_TMPL!r} {problem}")
