@@ -17,18 +17,20 @@ import sys
 
 def build_parser():
     from apps.demo_stages import DEMO_PRESETS
+    from utils.flags import non_negative_int, positive_int
 
     parser = argparse.ArgumentParser(description="FrameShield quick-start demo on the synthetic dataset")
     parser.add_argument("--preset", default="default", choices=sorted(DEMO_PRESETS),
                         help="; ".join(f"{k}: {v.description}" for k, v in DEMO_PRESETS.items()))
-    parser.add_argument("--seeds", type=int, default=1, help="number of training seeds (seed 0, 1, ...)")
-    parser.add_argument("--first-seed", type=int, default=0, help="first training seed")
+    parser.add_argument("--seeds", type=positive_int(), default=1, help="number of training seeds (seed 0, 1, ...)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first training seed")
     parser.add_argument("--output", default=None,
                         help="output folder (default output/demo for the default preset, "
                              "output/demo_<preset> for the others, so presets never replace each other's stages)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: all visible CUDA GPUs (torchrun), else the CPU")
-    parser.add_argument("--jobs", type=int, default=0,
+    parser.add_argument("--jobs", type=non_negative_int("0 = min(4, cores)"), default=0,
                         help="CPU only: stages run side by side (default: min(4, cores)), each "
                              "with cores // jobs threads")
     parser.add_argument("--data", default=None,
@@ -49,9 +51,6 @@ def main(argv=None) -> int:
     from apps.demo_stages import default_output
     from utils.errors import FrameShieldError
 
-    if args.seeds < 1:
-        print("error: --seeds must be at least 1", file=sys.stderr)
-        return 2
     # a stop request (Ctrl-C, or SIGTERM from a scheduler / `kill`) ends the demo through
     # KeyboardInterrupt, whose cleanup sends SIGTERM to the running stages (training stages
     # checkpoint and stop), so the same command resumes later

@@ -64,6 +64,10 @@ def run_demo(preset="default", seeds=(0,), output="output/demo", device="auto", 
     if preset not in DEMO_PRESETS:
         raise ConfigError(f"unknown demo preset {preset!r}; choose one of {sorted(DEMO_PRESETS)}")
     seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("seeds: give at least one training seed")
+    if int(jobs) < 0:  # a negative count never lets a stage start: the demo waited forever
+        raise ConfigError(f"jobs must be >= 0 (0 = min(4, cores); CPU stages run side by side), got {jobs}")
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     gpus = detect_gpus(device)

@@ -1,7 +1,12 @@
 # Shared launcher for the runner scripts (sourced, not run).
 #
 # launch NUM_GPUS SCRIPT ARGS...
-#   Starts NUM_GPUS processes of SCRIPT through torchrun (python -m torch.distributed.run).
+#   Starts NUM_GPUS processes of SCRIPT through torchrun: `python -m utils.dist` is
+#   torch.distributed.run that, when a rank fails, prints that rank's one-line error last
+#   (not the launcher's 25-line ChildFailedError traceback) and exits with its code: 2 for a
+#   bad config, list, data or checkpoint (FrameShieldError), as a single process does.
+#   How: each rank writes its one-line error to torchrun's TORCHELASTIC_ERROR_FILE
+#   (training/stage.run_main -> utils/dist.record_error); the launcher reads it back.
 #   With CUDA GPUs present, NUM_GPUS may not exceed their number (clear error otherwise);
 #   with none, it starts NUM_GPUS CPU processes that use the gloo backend.
 # Environment:
@@ -35,5 +40,5 @@ launch() {
         return 2
     fi
     # shellcheck disable=SC2086  # TORCHRUN_ARGS is a list of flags
-    "$python" -m torch.distributed.run ${TORCHRUN_ARGS:---standalone} --nproc_per_node "$num" "$@"
+    "$python" -m utils.dist ${TORCHRUN_ARGS:---standalone} --nproc_per_node "$num" "$@"
 }

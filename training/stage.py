@@ -357,19 +357,23 @@ def report_training(stage: Stage, summary: dict, best_result) -> dict:
 def run_main(main) -> None:
     """Run an entry script's ``main()`` and exit with its code; a FrameShieldError (a problem
     the user can fix: config, lists, data, checkpoint, a diverging loss) ends the process with
-    its message and exit code 2 instead of a traceback."""
+    its message and exit code 2 instead of a traceback, and is left for torchrun's launcher
+    (``python -m utils.dist``, runners/launch.sh) to print last."""
     import logging
     import sys
 
+    from utils.dist import record_error
     from utils.errors import FrameShieldError
 
     try:
         code = main()
     except FrameShieldError as err:
         logger = logging.getLogger("FrameShield")
+        message = f"{type(err).__name__}: {err}"
         if logger.handlers:
-            logger.error(f"{type(err).__name__}: {err}")
+            logger.error(message)
         else:
-            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
+        record_error(message)  # under torchrun: the launcher's summary shows this line (utils/dist.py)
         code = 2
     sys.exit(code)

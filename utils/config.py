@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 from yacs.config import CfgNode
 
+from utils.config_values import validate_values
 from utils.errors import ConfigError
 from utils.flags import FlagDefault, build_arg_parser  # noqa: F401 (build_arg_parser: the stages' parser)
 from utils.io import atomic_write_text
@@ -201,8 +202,9 @@ def _unknown_key(full_key, known, source):
     )
 
 
-def _merge_mapping(cfg, mapping, source, prefix=""):
-    """Merge a parsed YAML mapping into ``cfg`` (a CfgNode), checking keys and types."""
+def _merge_mapping(cfg, mapping, source, prefix="", sources=None):
+    """Merge a parsed YAML mapping into ``cfg`` (a CfgNode), checking keys and types;
+    ``sources`` (a dict, when given) records ``source`` as where each key was set."""
     for key, value in mapping.items():
         if not isinstance(key, str):
             raise ConfigError(f"config key {prefix}{key!r} in {source} is not a name")
@@ -215,9 +217,11 @@ def _merge_mapping(cfg, mapping, source, prefix=""):
                 raise ConfigError(
                     f"{full_key} in {source} is a section; give it a mapping of keys, got {_describe(value)}"
                 )
-            _merge_mapping(current, value, source, full_key + ".")
+            _merge_mapping(current, value, source, full_key + ".", sources)
         else:
             cfg[key] = _coerce(value, current, full_key, source)
+            if sources is not None:
+                sources[full_key] = source
 
 
 # ---------------------------------------------------------------- YAML files
@@ -250,7 +254,7 @@ def _chain_note(chain):
     return f" (included through BASE from {chain[-1]})" if chain else ""
 
 
-def _merge_file(cfg, path, chain=()):
+def _merge_file(cfg, path, chain=(), sources=None):
     """Merge ``path`` and, first, its BASE files (recursive, relative to ``path``)."""
     path = Path(path)
     resolved = path.resolve()
@@ -268,12 +272,13 @@ def _merge_file(cfg, path, chain=()):
     for base in bases:
         if base.strip() == "":  # X-CLIP's configs carry BASE: [''] meaning "no base"
             continue
-        _merge_file(cfg, path.parent / base, (*chain, resolved))
-    _merge_mapping(cfg, data, str(path))
+        _merge_file(cfg, path.parent / base, (*chain, resolved), sources)
+    _merge_mapping(cfg, data, str(path), sources=sources)
 
 
-def merge_opts(cfg, opts, source="--opts"):
-    """Merge ``[KEY, VALUE, KEY, VALUE, ...]`` (dotted keys, raw strings) into unfrozen ``cfg``."""
+def merge_opts(cfg, opts, source="--opts", sources=None):
+    """Merge ``[KEY, VALUE, KEY, VALUE, ...]`` (dotted keys, raw strings) into unfrozen ``cfg``
+    (``sources``: as in :func:`_merge_mapping`)."""
     opts = list(opts or [])
     if len(opts) % 2:
         raise ConfigError(
@@ -295,9 +300,12 @@ def merge_opts(cfg, opts, source="--opts"):
             example = next(iter(node[parts[-1]]))
             raise ConfigError(f"{source}: {key} is a section; set one of its keys (e.g. {key}.{example})")
         node[parts[-1]] = _coerce(value, node[parts[-1]], key, source, from_text=True)
+        if sources is not None:
+            sources[key] = source
 
 
-def _validate(cfg):
+def _validate(cfg, sources=None):
+    """Check the choices, the cross-key rules and every value rule (utils/config_values.py)."""
     for (section, key), choices in _CHOICES.items():
         if cfg[section][key] not in choices:
             raise ConfigError(f"{section}.{key} must be one of {list(choices)}, got {cfg[section][key]!r}")
@@ -306,7 +314,9 @@ def _validate(cfg):
         for part in path:
             node = node[part]
         if node < 1:
-            raise ConfigError(f"{'.'.join(path)} must be at least 1, got {node}")
+            key = ".".join(path)
+            where = f" (set in {sources[key]})" if sources and key in sources else ""
+            raise ConfigError(f"{key}{where} must be at least 1, got {node}")
     if cfg.TRAIN.LR_BASE_BATCH < 0:
         raise ConfigError(f"TRAIN.LR_BASE_BATCH must be >= 0 (0 = BATCH_SIZE x ACCUMULATION_STEPS, one process), "
                           f"got {cfg.TRAIN.LR_BASE_BATCH}")
@@ -322,13 +332,15 @@ def _validate(cfg):
                           "(the synthetic dataset writes val.txt) or use TRAIN.SELECT 'test' or 'last'")
     if not 0 < cfg.ADV_TRAIN.PSEUDO_LABEL_QUANTILE < 1:
         raise ConfigError(f"ADV_TRAIN.PSEUDO_LABEL_QUANTILE must be in (0, 1), got {cfg.ADV_TRAIN.PSEUDO_LABEL_QUANTILE}")
+    validate_values(cfg, sources)
 
 
 def load_config_file(path):
     """Defaults <- the YAML at ``path`` (with its BASE files); frozen and validated."""
     cfg = get_default_config()
-    _merge_file(cfg, path)
-    _validate(cfg)
+    sources = {}
+    _merge_file(cfg, path, sources=sources)
+    _validate(cfg, sources)
     cfg.freeze()
     return cfg
 
@@ -338,8 +350,9 @@ def resolve_local_rank(args=None):
     """LOCAL_RANK from the environment (torchrun) if set, else ``args.local_rank``, else -1."""
     env = os.environ.get("LOCAL_RANK")
     if env is not None and env.strip() != "":
-        if not _INT_RE.fullmatch(env.strip()):
-            raise ConfigError(f"environment variable LOCAL_RANK={env!r} is not an integer")
+        if not _INT_RE.fullmatch(env.strip()) or int(env) < 0:
+            raise ConfigError(f"environment variable LOCAL_RANK={env!r} is not an integer >= 0; "
+                              "unset it (one process) or launch with torchrun")
         return int(env)
     value = getattr(args, "local_rank", -1) if args is not None else -1
     return -1 if value is None else int(value)
@@ -349,9 +362,10 @@ def _given(value):
     return value is not None and not isinstance(value, FlagDefault)
 
 
-def apply_flags(cfg, args, flag_values):
+def apply_flags(cfg, args, flag_values, sources=None):
     """Set each config key whose flag was given: ``flag_values`` = [(attribute of args,
-    (SECTION, KEY), flag name)]. Scripts register their own flags as ``args.config_flags``."""
+    (SECTION, KEY), flag name)]. Scripts register their own flags as ``args.config_flags``.
+    ``sources``: as in :func:`_merge_mapping`."""
     for attr, path, flag in flag_values:
         value = getattr(args, attr, None)
         if _given(value):
@@ -359,6 +373,8 @@ def apply_flags(cfg, args, flag_values):
             for part in path[:-1]:
                 node = node[part]
             node[path[-1]] = _coerce(value, node[path[-1]], ".".join(path), flag)
+            if sources is not None:
+                sources[".".join(path)] = flag
     return cfg
 
 
@@ -372,8 +388,9 @@ def get_config(args):
     if not config_path:
         raise ConfigError("no config file given: pass -cfg/--config FILE.yaml")
     cfg = get_default_config()
-    _merge_file(cfg, config_path)
-    merge_opts(cfg, getattr(args, "opts", None))
+    sources = {}
+    _merge_file(cfg, config_path, sources=sources)
+    merge_opts(cfg, getattr(args, "opts", None), sources=sources)
     flag_values = [
         ("output", ("OUTPUT",), "--output"),
         ("pretrained", ("MODEL", "PRETRAINED"), "--pretrained"),
@@ -383,11 +400,11 @@ def get_config(args):
         ("w_smooth", ("TRAIN", "W_SMOOTH"), "--w-smooth"),
         ("w_sparse", ("TRAIN", "W_SPARSE"), "--w-sparse"),
     ]
-    apply_flags(cfg, args, flag_values + list(getattr(args, "config_flags", None) or ()))
+    apply_flags(cfg, args, flag_values + list(getattr(args, "config_flags", None) or ()), sources)
     if getattr(args, "only_test", False):
         cfg.TEST.ONLY_TEST = True
     cfg.LOCAL_RANK = resolve_local_rank(args)
-    _validate(cfg)
+    _validate(cfg, sources)
     cfg.freeze()
     return cfg
 

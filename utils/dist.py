@@ -8,10 +8,21 @@
 NCCL on CUDA, gloo on CPU. Collectives time out (default 10 minutes,
 FRAMESHIELD_DIST_TIMEOUT seconds or the ``timeout_s`` argument) so one failing rank
 makes the others fail instead of hanging forever.
+
+A rank's one-line error under torchrun: ``training.stage.run_main`` hands a FrameShieldError to
+:func:`record_error`, which writes it to the file torchrun's agent names in
+TORCHELASTIC_ERROR_FILE (torch.distributed.elastic's error-file protocol). ``python -m
+utils.dist TORCHRUN-FLAGS SCRIPT ARGS`` (what runners/launch.sh starts) is torchrun that, when a
+rank fails, prints that rank's one-line error last instead of the launcher's 25-line
+ChildFailedError traceback, and exits with the rank's exit code (2 for a FrameShieldError).
+Plain ``torchrun`` still prints its traceback, with the one-line error as its "traceback" field.
 """
 import contextlib
 import datetime
+import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -192,3 +203,83 @@ def cleanup():
     if dist.is_initialized():
         dist.destroy_process_group()
     _info = DistInfo(0, 1, 0, torch.device("cpu"), False)
+
+
+# ---------------------------------------------------------------- torchrun's error file
+ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+_FRAMESHIELD_MARK = "frameshield"
+
+
+def record_error(message: str) -> None:
+    """Write ``message`` (the one-line error) where torchrun's agent reads this rank's failure.
+
+    Only under torchrun/torch.distributed.launch (TORCHELASTIC_ERROR_FILE set, a file in the
+    launcher's own temporary folder); a plain process writes nothing. The layout is the
+    ErrorHandler's (message dict with extraInfo.timestamp), so torch reads it without
+    warnings; the ``frameshield`` key tells :func:`torchrun_main` the message is ours.
+    """
+    path = os.environ.get(ERROR_FILE_ENV, "")
+    if not path:
+        return
+    data = {"message": {"message": message, "errorCode": 2, _FRAMESHIELD_MARK: True,
+                        "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w", encoding="utf-8") as fp:
+            json.dump(data, fp)
+    except OSError as err:  # the message was printed already; only the launcher's summary lacks it
+        print(f"warning: could not write the error for torchrun to {path}: {err}", file=sys.stderr)
+
+
+def _frameshield_message(failure) -> str:
+    """The one-line error a rank recorded with :func:`record_error`, or '' (a crash, a signal)."""
+    data = getattr(failure, "error_file_data", None)
+    message = data.get("message") if isinstance(data, dict) else None
+    if isinstance(message, dict) and message.get(_FRAMESHIELD_MARK) and isinstance(message.get("message"), str):
+        return message["message"]
+    return ""
+
+
+def describe_child_failure(err) -> tuple[str, int]:
+    """(the lines to print last, the exit code) for torchrun's ChildFailedError ``err``.
+
+    The root cause (first failed rank) comes last: its one-line error when it raised a
+    FrameShieldError (exit code 2), else its exit code or signal, pointing at its output above.
+    """
+    root_rank, root = err.get_first_failure()
+    message = _frameshield_message(root)
+    lines = []
+    for rank, failure in sorted(err.failures.items()):
+        text = _frameshield_message(failure) or _exit_text(failure)
+        if rank != root_rank and not (message and text == message):  # every rank read the same bad config
+            lines.append(f"[launcher] rank {rank} also failed: {text}")
+    if message:
+        lines.append(f"error: {message} (rank {root_rank})")
+    else:
+        lines.append(f"error: rank {root_rank} failed: {_exit_text(root)}; its traceback or message is above")
+    code = root.exitcode if root.exitcode > 0 else 128 - root.exitcode if root.exitcode < 0 else 1
+    return "\n".join(lines), code
+
+
+def _exit_text(failure) -> str:
+    if failure.exitcode < 0:
+        return f"killed by signal {-failure.exitcode} ({failure.signal_name()})"
+    return f"exit code {failure.exitcode}"
+
+
+def torchrun_main(argv: list[str]) -> int:
+    """torchrun (``torch.distributed.run``) with ``argv``; a failed rank ends it with that
+    rank's one-line error as the last line and its exit code, not the launcher's traceback."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as err:
+        text, code = describe_child_failure(err)
+        print(text, file=sys.stderr, flush=True)
+        return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun_main(sys.argv[1:]))

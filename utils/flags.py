@@ -82,3 +82,30 @@ def warn_ignored(args, script, logger):
         logger.warning(f"{script} does not train: {', '.join(args.ignored_flags)} ignored "
                        "(the published commands pass them; batch sizes of an evaluation are TEST.BATCH_SIZE "
                        "and ATTACK.BATCH_SIZE)")
+
+
+def _number_type(convert, check, requirement: str, hint: str = ""):
+    """An argparse ``type=``: ``convert`` the text and require ``check`` of the number, so a bad
+    value is argparse's usage error (exit code 2) that names the flag, before any work starts."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if convert is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}" + (f" ({hint})" if hint else ""))
+        return value
+    parse.__name__ = f"{convert.__name__} {requirement}"
+    return parse
+
+
+def positive_int(hint: str = ""):
+    """type= for a count that must be >= 1."""
+    return _number_type(int, lambda v: v >= 1, ">= 1", hint)
+
+
+def non_negative_int(hint: str = ""):
+    """type= for a count or index that must be >= 0 (0 often meaning 'automatic')."""
+    return _number_type(int, lambda v: v >= 0, ">= 0", hint)
+
