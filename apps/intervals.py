@@ -81,7 +81,7 @@ def annotation_labels(list_file, video_path, num_frames, count_start_zero=False,
     The entry is matched by the video's last path component (or, for a file, its stem).
     Labels follow the evaluation's rule (``datasets.lists.frame_labels``).
     """
-    from datasets.lists import frame_labels, parse_list_file
+    from datasets.lists import anomalous_without_frames, frame_labels, parse_list_file
     from evaluation.metrics import video_name
 
     records = parse_list_file(list_file, kind="test")
@@ -93,6 +93,8 @@ def annotation_labels(list_file, video_path, num_frames, count_start_zero=False,
     if record is None:
         log.warning(f"{path.name}: not in the annotation list {list_file}; no ground truth, no AUC")
         return None
+    if record.is_anomalous:
+        anomalous_without_frames([record], count_start_zero, log)
     labels = frame_labels(record, count_start_zero)
     if len(labels) != num_frames:
         log.warning(f"{path.name}: {list_file}:{record.line} gives {len(labels)} frames but the video has "

@@ -112,6 +112,12 @@ def evaluate_scores(vid2abnormality, records, count_start_zero=False, smooth=Tru
                 f"(e.g. {record.path!r}) so they can be told apart")
         used.add(lookup[key])
         segments = unwrap_scores(vid2abnormality[lookup[key]], name)
+        if not np.isfinite(segments).all():
+            raise DataError(
+                f"scores of video {name!r} hold {int((~np.isfinite(segments)).sum())} NaN/Inf value(s) of "
+                f"{segments.size}; an AUC of them would be meaningless. If a model scored them, its weights "
+                "overflow (a diverged or edited checkpoint: use another one, e.g. an earlier epoch_N); if they "
+                "come from a file, it is damaged: score the videos again")
         if segments.size == 0:
             missing.append(name)
             messages.append(f"video {name} has no segment score; it is left out")
@@ -166,9 +172,11 @@ def evaluate_result(vid2abnormality, anno_file, count_start_zero=False, smooth=T
 
     ``vid2abnormality`` maps video name (last path component) to its segment scores.
     """
-    from datasets.lists import parse_list_file
+    from datasets.lists import anomalous_without_frames, parse_list_file
 
-    result = evaluate_scores(vid2abnormality, parse_list_file(anno_file),
+    records = parse_list_file(anno_file)
+    anomalous_without_frames(records, count_start_zero, logger)
+    result = evaluate_scores(vid2abnormality, records,
                              count_start_zero=count_start_zero, smooth=smooth)
     return result["auc_all"], result["auc_ano"]
 
