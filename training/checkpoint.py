@@ -154,10 +154,14 @@ def _remove_checkpoint(folder, tag):
 
 
 def _atomic_torch_save(obj, path):
+    """torch.save through an unbuffered file: a failed write (a full disk) then reaches us as
+    the OSError it is (utils.io turns it into an OutputError naming ``path``), not as the
+    zip writer's "unexpected pos" RuntimeError of a buffered or named file."""
     from utils.io import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb", buffering=0) as handle:
+            torch.save(obj, handle)
 
 
 def _config_yaml(cfg):
