@@ -190,7 +190,7 @@ def test_stale_temp_files_are_removed_everywhere_but_in_live_runs(tmp_path):
         holder.wait()
     assert not any(f.exists() for f in stale)
     assert all(f.exists() for f in kept + [live, outside])
-    assert sorted(notes) == sorted(f"removed {f}, left over from an interrupted write" for f in stale)
+    assert sorted(notes) == sorted(f"removing {f}, left over from an interrupted write" for f in stale)
 
 
 # ----------------------------------------------------------------------------- unusable --output
@@ -275,3 +275,16 @@ def test_demo_on_a_file_exits_2_with_one_line(tmp_path, capsys):
     target.write_text("x")
     assert demo.main(["--output", str(target), "--preset", "ci", "--device", "cpu"]) == 2
     assert "OutputError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entry", ("infer", "demo"))
+def test_infer_and_demo_refuse_a_folder_in_use(tmp_path, entry):
+    folder = tmp_path / "out"
+    holder = hold_lock(folder)
+    try:
+        err = run_entry(entry, folder, tmp_path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert isinstance(err, OutputError) and "in use by another run" in str(err), err
+    assert sorted(p.name for p in folder.iterdir()) == [outdir.LOCK_NAME]  # nothing written

@@ -25,6 +25,10 @@ So the training after stage 2a may change what only training reads (``TRAIN.EPOC
 anything (a missing list file, a typo) leaves no "run" behind. The run-mode keys
 (:data:`RUN_MODE_KEYS`) are never compared: they say how a run is executed, not what it
 computes. A key absent from an older config.yaml counts as its default value.
+
+:func:`evaluation_folder` keeps one kind of run from replacing another's results: an evaluation
+in a folder of another kind writes into a subfolder (``test/``, ``attack/``), stage 2a refuses a
+folder holding a training, a training refuses a folder of evaluation results.
 """
 import json
 from pathlib import Path

@@ -145,5 +145,5 @@ def claim_output(folder, what: str) -> list:
     if warning:
         notes.append(warning)
     for file in remove_stale_temp_files(folder):
-        notes.append(f"removed {file}, left over from an interrupted write")
+        notes.append(f"removing {file}, left over from an interrupted write")
     return notes
