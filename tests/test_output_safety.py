@@ -149,6 +149,24 @@ def test_a_second_run_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
     assert stages.setup_stage("promptmil", args).output == tmp_path  # nothing stuck
 
 
+def test_workers_that_outlive_a_killed_run_do_not_hold_its_lock(tmp_path):
+    """A SIGKILLed main process whose forked data-loader workers are still alive for a moment."""
+    code = ("import os, time; from utils.outdir import lock_output; "
+            f"lock_output({str(tmp_path)!r}, 'run with a worker'); pid = os.fork()\n"
+            "if pid == 0: time.sleep(60); os._exit(0)\n"
+            "print(pid, flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    try:
+        os.kill(worker, 0)  # the worker still lives
+        assert outdir.lock_output(tmp_path, "the next run") is None
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        outdir.release_output(tmp_path)
+
+
 def test_the_lock_is_reentrant_in_one_process_and_released_on_request(tmp_path):
     assert outdir.lock_output(tmp_path, "first") is None
     assert outdir.lock_output(tmp_path, "second stage, same process") is None

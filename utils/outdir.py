@@ -6,16 +6,17 @@ its ``--output``:
 1. the folder is created, or refused with an :class:`~utils.errors.OutputError` that names it
    and says what to do when it is a file, read-only or on a full disk (instead of a traceback
    from the first log line or checkpoint written there);
-2. it is locked for the life of the process: ``OUTPUT/.frameshield.lock`` is held with
-   ``fcntl.flock``, so a second run started on the same folder is refused (the lock file names
-   the holder), and a killed run (even SIGKILL) leaves nothing stuck: the kernel drops the lock
-   with the process. The lock is re-entrant within one process (tests and the demo run
-   several stages in one interpreter);
+2. it is locked for the life of the process: ``OUTPUT/.frameshield.lock`` is held with a POSIX
+   record lock (``fcntl.lockf``), so a second run started on the same folder is refused (the
+   lock file names the holder), and a killed run (even SIGKILL) leaves nothing stuck: the kernel
+   drops the lock with the process. Unlike ``flock``, the lock is not inherited by forked
+   data-loader workers, which may outlive a killed main process for a few seconds. The lock is
+   re-entrant within one process (tests and the demo run several stages in one interpreter);
 3. under the lock, the temporary files of killed atomic writes (``.<name>.<random>.tmp``,
    see utils/io.py) anywhere in the folder are removed; a subfolder locked by another live run
    (``OUTPUT/test`` of an evaluation running now) is left alone.
 
-A file system without ``flock`` (some network mounts) gets a warning, not a refusal.
+A file system without locks (some network mounts) gets a warning, not a refusal.
 """
 import errno
 import fcntl
@@ -29,6 +30,7 @@ from utils.io import output_error, stale_temp_files
 
 LOCK_NAME = ".frameshield.lock"
 _held: dict = {}  # resolved folder -> fd of its lock file, held until this process ends or releases it
+_BUSY = (errno.EACCES, errno.EAGAIN)  # what lockf raises when another process holds the lock
 
 
 def prepare_output(folder) -> Path:
@@ -73,14 +75,14 @@ def lock_output(folder, what: str) -> str | None:
         return None
     fd = _open_lock(folder)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _holder(fd)
-        os.close(fd)
-        raise OutputError(f"output folder {folder} is in use by another run ({holder}); wait until it "
-                          "ends or choose another --output (its lock goes away with that process, "
-                          "even when it is killed)") from None
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
+        if err.errno in _BUSY:
+            holder = _holder(fd)
+            os.close(fd)
+            raise OutputError(f"output folder {folder} is in use by another run ({holder}); wait until it "
+                              "ends or choose another --output (its lock goes away with that process, "
+                              "even when it is killed)") from None
         os.close(fd)
         if err.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
             return (f"the file system of {folder} cannot lock files ({err.strerror}): a second run started "
@@ -110,12 +112,12 @@ def _locked_elsewhere(directory: Path) -> bool:
     if str(directory.resolve()) in _held or not path.is_file() or path.is_symlink():
         return False
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return True  # cannot tell: leave it alone
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    try:  # (closing fd drops this process's locks of that file: it holds none, see _held above)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
         return False
     except OSError:
         return True
