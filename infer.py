@@ -6,8 +6,9 @@
         [--annotation test.txt | --intervals 10-40,80-95] [--chunk-frames 256] [--opts KEY VALUE ...]
 
 Per video, OUTPUT/<video name>/ gets scores.csv, scores.json, scores.png (and annotated.mp4
-with --render); OUTPUT/summary.json lists every video. Without -cfg the config saved beside
-the checkpoint (checkpoints/<tag>.yaml) is used. See README "Score your own videos" and
+with --render); OUTPUT/summary.json lists every video. An OUTPUT that holds a training or
+evaluation run is left alone: the scores go into OUTPUT/infer/ then. Without -cfg the config
+saved beside the checkpoint (checkpoints/<tag>.yaml) is used. See README "Score your own videos" and
 docs/INFERENCE.md; the logic is in apps/inference.py.
 """
 import argparse
@@ -65,6 +66,28 @@ def attack_source_note(config_path, cfg) -> str:
             + "; pass --opts ATTACK.* or -cfg CONFIG to choose another")
 
 
+def claim_infer_output(cfg) -> list:
+    """Claim cfg.OUTPUT (utils.outdir: created, locked, stale temporary files removed); a folder
+    that holds a stage's run (checkpoints, results.json, scores.npz, pseudo labels) is left as it
+    is: the scores go into its ``infer/`` subfolder (cfg.OUTPUT is set to it). Returns the lines
+    to log."""
+    from pathlib import Path
+
+    from training.run_identity import folder_contents
+    from utils.outdir import claim_output, prepare_output
+
+    output, notes = prepare_output(cfg.OUTPUT), []
+    kinds = folder_contents(output)
+    if kinds:
+        target = output / "infer"
+        notes.append(f"{output} holds a {'/'.join(kinds)} run: the scores go into {target}, leaving that "
+                     "run's config.yaml, results.json, scores.npz and plots/ as they are")
+        cfg.defrost()
+        cfg.OUTPUT = str(target)
+        cfg.freeze()
+    return notes + claim_output(Path(cfg.OUTPUT), "infer.py")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
@@ -83,7 +106,10 @@ def main(argv=None) -> int:
     stage3 = published_eval_attack_opts() if args.attack and not args.config else []
     cfg = get_config(SimpleNamespace(config=str(config_path), opts=stage3 + list(args.opts or []),
                                      output=args.output, pretrained=args.pretrained))
+    notes = claim_infer_output(cfg)
     log = create_logger(cfg.OUTPUT, 0)
+    for note in notes:
+        log.warning(note)
     save_config(cfg, f"{cfg.OUTPUT}/config.yaml")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -22,7 +22,8 @@ progress line. On a CPU, independent stages run side by side (``jobs`` processes
 tiny model's small operations. ``OUTPUT/demo_state.json`` records each finished stage
 with the hash of its merged config: re-running the same command skips finished stages and
 resumes an interrupted training from its last checkpoint; a stage whose config changed, or
-whose input model was retrained, is run again from scratch.
+whose input model was retrained, is run again from scratch. The demo holds the lock of
+OUTPUT (utils/outdir.py) while it runs, so a second demo on the same folder is refused.
 """
 import os
 import time
@@ -31,8 +32,10 @@ from pathlib import Path
 from apps.demo_stages import DEMO_PRESETS, DemoState, Runner, data_root_for, plan_stages
 from apps.demo_summary import (collect, plot_roc_curves, plot_score_grid, plot_srd_example, print_table,
                                summary_markdown)
+from training.run_identity import folder_contents
 from utils.errors import ConfigError
 from utils.io import atomic_write_json, atomic_write_text
+from utils.outdir import claim_output
 
 
 def detect_gpus(device: str) -> int:
@@ -69,7 +72,11 @@ def run_demo(preset="default", seeds=(0,), output="output/demo", device="auto", 
     if int(jobs) < 0:  # a negative count never lets a stage start: the demo waited forever
         raise ConfigError(f"jobs must be >= 0 (0 = min(4, cores); CPU stages run side by side), got {jobs}")
     output = Path(output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
+    kinds = folder_contents(output) if output.is_dir() else []
+    if kinds:
+        raise ConfigError(f"--output {output} holds a stage's {'/'.join(kinds)} run, whose plots/ the demo "
+                          "would replace; choose another --output for the demo")
+    notes = claim_output(output, "demo.py")  # created, locked, stale temporary files removed
     gpus = detect_gpus(device)
     cores = os.cpu_count() or 1
     if gpus > 0:
@@ -80,6 +87,8 @@ def run_demo(preset="default", seeds=(0,), output="output/demo", device="auto", 
     runner = Runner(output, gpus, jobs, threads, cpu_only=device == "cpu", quiet=quiet)
     where = f"{gpus} CUDA GPU(s) through torchrun" if gpus else f"CPU, {jobs} stage(s) at a time x {threads} thread(s)"
     runner.say(f"preset {preset} ({DEMO_PRESETS[preset].description}); seeds {seeds}; {where}; output {output}")
+    for note in notes:
+        runner.say(note)
     data_root = data_root_for(preset, data_dir)
     ensure_dataset(preset, data_root, runner.say)
     stages = plan_stages(preset, seeds, output, data_root, workers)

@@ -68,9 +68,17 @@ def save_safetensors(state_dict: dict, path, metadata: dict | None = None) -> No
     """Write ``state_dict`` (tensors) to ``path`` atomically; shared storage is copied."""
     from safetensors.torch import save_file
 
+    from safetensors import SafetensorError
+
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+        try:
+            save_file(tensors, str(tmp), metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+        except SafetensorError as err:  # its write errors: "I/O error: No space left on device (os error 28)"
+            found = re.search(r"I/O error: (.*) \(os error (\d+)\)", str(err))
+            if found is None:
+                raise
+            raise OSError(int(found.group(2)), found.group(1)) from err
 
 
 def _looks_like_safetensors(path: Path) -> bool:

@@ -15,6 +15,7 @@ leaves a checkpoint that is detected and skipped in favour of an older valid one
 """
 import datetime
 import hashlib
+import io
 import json
 import logging
 import math
@@ -168,10 +169,41 @@ def _remove_checkpoint(folder, tag):
 
 
 def _atomic_torch_save(obj, path):
+    """torch.save, its failed writes (a full disk) raised as the OSError they are: utils.io then
+    turns it into an OutputError naming ``path``. (torch.save itself reports them as an
+    "unexpected pos" RuntimeError of its zip writer.)"""
     from utils.io import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb", buffering=0) as handle:
+            writer = _RecordingWriter(handle)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError as err:
+                if writer.error is None:
+                    raise
+                raise writer.error from err
+
+
+class _RecordingWriter(io.RawIOBase):
+    """A file for torch.save that remembers the OSError of a failed write."""
+
+    def __init__(self, handle):
+        super().__init__()
+        self.handle, self.error = handle, None
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self):
+        self.handle.flush()
 
 
 def _config_yaml(cfg):

@@ -25,6 +25,10 @@ So the training after stage 2a may change what only training reads (``TRAIN.EPOC
 anything (a missing list file, a typo) leaves no "run" behind. The run-mode keys
 (:data:`RUN_MODE_KEYS`) are never compared: they say how a run is executed, not what it
 computes. A key absent from an older config.yaml counts as its default value.
+
+:func:`evaluation_folder` keeps one kind of run from replacing another's results: an evaluation
+in a folder of another kind writes into a subfolder (``test/``, ``attack/``), stage 2a refuses a
+folder holding a training, a training refuses a folder of evaluation results.
 """
 import json
 from pathlib import Path
@@ -116,3 +120,51 @@ def compared_keys(kinds, keys) -> set:
         else:
             chosen |= keys
     return chosen
+
+
+# the kind of results (training.run_identity.folder_contents) each evaluation-only stage writes,
+# and the subfolder it writes into when its --output holds results of another kind
+_EVALUATIONS = {"promptmil": ("evaluation", "test"), "advtrain": ("pseudo_labels", None),
+                "attack": ("attack", "attack")}
+_KNOWN_KINDS = {"training", "pseudo_labels", "evaluation", "attack"}
+
+
+def evaluation_folder(name, cfg, output: Path, overwrite=False):
+    """``(folder, note)``: where stage ``name`` writes, so that it never replaces the config.yaml,
+    results.json, scores.npz, metrics.csv or plots/ of another kind of run in ``output``.
+
+    An evaluation (TEST.ONLY_TEST, or the attack stage) in a folder holding another kind of
+    results writes into ``output/test`` (``output/attack``) and sets cfg.OUTPUT to it (note:
+    the line to log); stage 2a refuses a folder holding a training, whose pseudo_labels.json it
+    would replace (ConfigError), and a training refuses a folder of evaluation or attack results;
+    ``overwrite`` lets both write anyway. Results of an unknown kind are left to
+    :func:`training.stage.check_output_folder`.
+    """
+    if name not in _EVALUATIONS:  # gradcam.py: its own folder rule (masks beside nothing else)
+        return output, None
+    kinds = set(folder_contents(output)) & _KNOWN_KINDS
+    evaluating = cfg.TEST.ONLY_TEST or name == "attack"
+    if not evaluating:
+        others = kinds & {"evaluation", "attack"}
+        if others and not overwrite:
+            raise ConfigError(
+                f"output folder {output} holds {' and '.join(sorted(others))} results (results.json, scores.npz, "
+                "plots/) that training here would replace; choose another --output, or pass --overwrite")
+        return output, None
+    own, subfolder = _EVALUATIONS.get(name, ("evaluation", "test"))
+    others = kinds - {own}
+    if not others:
+        return output, None
+    if subfolder is None:
+        if "training" in others and not overwrite:
+            raise ConfigError(
+                f"output folder {output} holds a training run (checkpoints/) that used its pseudo_labels.json; "
+                "generating pseudo labels there would replace them and the run's results.json and config.yaml. "
+                "Choose a new --output for stage 2a (and train stage 2b there), or pass --overwrite")
+        return output, None
+    target = output / subfolder
+    cfg.defrost()
+    cfg.OUTPUT = str(target)
+    cfg.freeze()
+    return target, (f"{output} holds a {'/'.join(sorted(others))} run: this {own} writes into {target}, "
+                    f"leaving that run's config.yaml, results.json, scores.npz and plots/ as they are")

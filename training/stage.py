@@ -13,6 +13,14 @@ depend on (training/run_identity.py says which, per kind of result) holds anothe
 stage refuses to write there unless ``--overwrite`` is given. A matching folder is the same
 run: training resumes from its last checkpoint. A folder without results is no run at all
 (a failed start leaves only config.yaml and a log): the stage starts there afresh.
+
+No run replaces the results of another kind of run (:func:`evaluation_folder`): an evaluation
+(main.py --only_test, main_attack.py) whose --output holds a training run, pseudo labels or
+another kind of evaluation writes into ``OUTPUT/test`` or ``OUTPUT/attack`` instead, stage 2a
+(main_advtrain.py --only_test) refuses a folder that already holds a training (its
+pseudo_labels.json must stay the one that training used) and a training refuses a folder of
+evaluation results, unless ``--overwrite``. The folder is claimed first (utils/outdir.py:
+created, locked against a second run, stale temporary files removed).
 """
 import time
 from dataclasses import dataclass, field
@@ -23,10 +31,10 @@ import torch
 import yaml
 
 # which keys make two runs the same run, per what a folder holds: training/run_identity.py
-from training.run_identity import (RESULT_FILES, RUN_MODE_KEYS, compared_keys, folder_contents,  # noqa: F401
-                                   read_run_config)
+from training.run_identity import (RESULT_FILES, RUN_MODE_KEYS, compared_keys, evaluation_folder,  # noqa: F401
+                                   folder_contents, read_run_config)
 from utils.config import config_to_yaml, get_config, save_config
-from utils.errors import CheckpointError, ConfigError
+from utils.errors import CheckpointError, ConfigError, OutputError
 from utils.io import atomic_path, atomic_write_json
 
 
@@ -61,10 +69,13 @@ def setup_stage(name, args) -> Stage:
     if not cfg.OUTPUT:
         raise ConfigError(f"{name}: no output folder; pass --output DIR (or set OUTPUT in the config)")
     info = dist_utils.init_distributed(cfg.LOCAL_RANK)
-    output = Path(cfg.OUTPUT)
+    overwrite = getattr(args, "overwrite", False)
     # every rank reads the same files, so every rank reaches the same verdict (no hang
     # waiting for a rank that raised)
-    same_run = check_output_folder(cfg, output, overwrite=getattr(args, "overwrite", False))
+    output, redirected = evaluation_folder(name, cfg, Path(cfg.OUTPUT), overwrite)
+    notes = [redirected] if redirected else []
+    notes += _claim(output, f"{name}{' --only_test' if cfg.TEST.ONLY_TEST else ''}", info.rank)
+    same_run = check_output_folder(cfg, output, overwrite=overwrite)
     old_checkpoints = output / "checkpoints"
     moved = None
     if info.rank == 0 and not same_run and not cfg.TEST.ONLY_TEST and any(old_checkpoints.glob("*")):
@@ -78,10 +89,31 @@ def setup_stage(name, args) -> Stage:
     if info.rank == 0:
         save_config(cfg, output / "config.yaml")
     logger.info(f"{name}: rank {info.rank}/{info.world_size} on {info.device}; output {output}")
+    for note in notes:
+        logger.warning(note)
     if moved is not None:
         logger.warning(f"--overwrite: moved the checkpoints of the run that was in {output} to {moved}")
     logger.debug(f"config:\n{config_to_yaml(cfg)}")
     return Stage(name, cfg, args, info, logger, output, same_run)
+
+
+def _claim(output: Path, what: str, rank: int) -> list:
+    """utils.outdir.claim_output on rank 0; every rank raises the same OutputError when it fails."""
+    from utils import dist as dist_utils
+    from utils.outdir import claim_output
+
+    notes, error = [], None
+    if rank == 0:
+        try:
+            notes = claim_output(output, what)
+        except OutputError as err:
+            error = err
+    message = dist_utils.broadcast_object(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise OutputError(message)
+    return notes
 
 
 def _flatten(tree, prefix=""):
@@ -356,17 +388,26 @@ def report_training(stage: Stage, summary: dict, best_result) -> dict:
 
 def run_main(main) -> None:
     """Run an entry script's ``main()`` and exit with its code; a FrameShieldError (a problem
-    the user can fix: config, lists, data, checkpoint, a diverging loss) ends the process with
-    its message and exit code 2 instead of a traceback, and is left for torchrun's launcher
-    (``python -m utils.dist``, runners/launch.sh) to print last."""
+    the user can fix: config, lists, data, checkpoint, output folder, a diverging loss) ends the
+    process with its message and exit code 2 instead of a traceback, and so does an OSError of
+    a full disk, a quota or a read-only file system. The message is left for torchrun's
+    launcher (``python -m utils.dist``, runners/launch.sh) to print last."""
     import logging
     import sys
 
     from utils.dist import record_error
     from utils.errors import FrameShieldError
+    from utils.io import WRITE_ERRNOS, output_error
 
     try:
-        code = main()
+        try:
+            code = main()
+        except OSError as err:
+            # a write outside utils/io.py (a log line, metrics.csv, tensorboard) on a full or
+            # read-only disk: the environment's fault, reported like the project's own errors
+            if isinstance(err, FrameShieldError) or err.errno not in WRITE_ERRNOS:
+                raise
+            raise output_error(err.filename or "a file of this run", err) from err
     except FrameShieldError as err:
         logger = logging.getLogger("FrameShield")
         message = f"{type(err).__name__}: {err}"

@@ -33,3 +33,9 @@ class UnsafeCheckpointError(CheckpointError):
 
 class TrainingError(FrameShieldError, RuntimeError):
     """Training cannot go on (a non-finite loss, ...); names the step."""
+
+
+class OutputError(FrameShieldError, OSError):
+    """The output folder cannot be used or written: it is a file, read-only, full, or in use
+    by another run (names the path and what to do). An OSError too, so code that handles
+    OSError still sees it."""
