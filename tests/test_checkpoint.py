@@ -120,8 +120,10 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     found = ckpt.find_auto_resume(tmp_path)
     assert found.endswith("epoch_0.safetensors")  # 'last' has new weights but the old manifest
-    (tmp_path / "checkpoints" / ".last.state.pt.abc.tmp").write_bytes(b"partial")
-    assert [p.name for p in ckpt.remove_stale_temp_files(tmp_path)] == [".last.state.pt.abc.tmp"]
+    (tmp_path / "checkpoints" / ".last.state.pt.k2x9_a1b.tmp").write_bytes(b"partial")
+    (tmp_path / "checkpoints" / ".folder.abcdefgh.tmp").mkdir()  # a folder is never removed
+    assert [p.name for p in ckpt.remove_stale_temp_files(tmp_path)] == [".last.state.pt.k2x9_a1b.tmp"]
+    assert (tmp_path / "checkpoints" / ".folder.abcdefgh.tmp").is_dir()
 
 
 KILLED_SAVER = """

@@ -343,12 +343,16 @@ def find_auto_resume(output_dir):
 
 
 def remove_stale_temp_files(output_dir):
-    """Delete temporary files a killed save left behind in OUTPUT/checkpoints; returns them."""
+    """Delete temporary files a killed save left behind in OUTPUT/checkpoints; returns them.
+
+    The one cleanup of utils.outdir (files named like utils.io's temporaries only, never a
+    folder, never inside a folder another live run holds)."""
+    from utils.outdir import remove_stale_temp_files as remove
+
     folder = checkpoint_dir(output_dir)
-    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    stale = remove(folder) if folder.is_dir() else []
     for file in stale:
-        logger.warning(f"removing {file}, left over from an interrupted checkpoint write")
-        file.unlink()
+        logger.warning(f"removed {file}, left over from an interrupted checkpoint write")
     return stale
 
 
