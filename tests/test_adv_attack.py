@@ -142,3 +142,38 @@ def test_pgd_start_is_projected_into_the_ball():
     far = clips + 1.0
     adv = pgd(ToyVideoModel(), clips, None, torch.zeros(3, dtype=torch.long), eps=0.05, steps=0, start=far)
     torch.testing.assert_close(adv, (clips + 0.05).clamp(0, 1))
+
+
+def test_free_update_moves_the_memory_in_the_training_backward_pass():
+    from training.losses import advtrain_loss
+
+    cfg = make_cfg(**{"ADV_TRAIN.LOSS": "ce", "ADV_TRAIN.EPS": 8.0, "ATTACK.STEPS": 0,
+                      "ADV_TRAIN.ATTACK_INIT": "previous", "ADV_TRAIN.FREE_UPDATE": True})
+    model = ToyVideoModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    attack = TrainAttack(cfg, generator=torch.Generator().manual_seed(2))
+    step = steps.make_advtrain_step(None, attack)
+    batch = train_batch([1, 0], 6)
+    clips, keys, eps = clips_of(batch), [(p, 0) for p in batch["path"]], 8 / 255
+    labels = torch.tensor([[1, 1, 1], [0, 0, 0]])
+    loss, _ = step(model, batch, None, cfg, torch.device("cpu"), engine.MicroStep(True, True, optimizer))
+    before = attack.memory.starts(clips, keys, eps)  # the start the step trained on
+    loss.backward()
+    after = attack.memory.starts(clips, keys, eps)
+    moved = after - before
+    assert (after - clips).abs().max() <= eps + 1e-6
+    assert (moved.abs() > eps / 4).float().mean() > 0.3  # a signed step, clipped to the ball
+
+    def ce(x):
+        return advtrain_loss(model(x, None)["y"].reshape(2, K, 2), batch["label"], labels, "ce",
+                             cfg.TRAIN.W_SMOOTH, cfg.TRAIN.W_SPARSE)[0].item()
+    assert ce(after) > ce(before)  # the move ascends the training loss
+
+
+def test_free_update_needs_the_memory():
+    from utils.config import _validate
+
+    cfg = get_default_config()
+    merge_opts(cfg, ["ADV_TRAIN.FREE_UPDATE", "True"])
+    with pytest.raises(ConfigError, match="ATTACK_INIT"):
+        _validate(cfg)

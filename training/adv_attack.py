@@ -15,6 +15,11 @@ an ``ADV_TRAIN`` key whose default is the published attack:
   rising linearly to ATTACK.STEPS in the last: weak attacks while the model is weak).
 - ``ATTACK_STEP_SIZE``: step size in 1/255 units; negative = the ATTACK.STEP_SIZE rule
   (published 2.5 * eps / steps, with the scheduled number of steps).
+- ``FREE_UPDATE`` (with ``ATTACK_INIT: previous``): the training step's own backward pass
+  also moves each video's remembered perturbation by one signed step of the training loss's
+  input gradient (free adversarial training, Shafahi et al. 2019, one replay per visit);
+  with ``ATTACK.STEPS: 0`` a step then costs no attack pass at all. The step is
+  ``ATTACK_STEP_SIZE`` (negative = eps, as in the paper).
 - ``OVERFIT_CHECK_STEPS``: catastrophic overfitting (the known failure of single-step
   training: accuracy under the training attack stays high while PGD accuracy collapses)
   is watched by attacking the first batch of every epoch with PGD of this many steps too;
@@ -89,6 +94,7 @@ class TrainAttack:
         self.generator = generator
         self.logger = logger or logging.getLogger("FrameShield")
         self.memory = PerturbationMemory() if self.init == "previous" else None
+        self.free = bool(adv.FREE_UPDATE)
         self.checks: list[dict] = []  # one row per overfitting check
 
     def settings(self, epoch: int) -> dict:
@@ -123,6 +129,24 @@ class TrainAttack:
         if self.memory is not None:
             self.memory.remember(adv, clips, keys, kwargs["eps"])
         return adv
+
+    def watch(self, adv, clips, keys, epoch: int):
+        """With FREE_UPDATE: ``adv`` as a leaf that requires grad, whose gradient in the training
+        backward pass updates the memory (a tensor hook: no extra pass). Else ``adv`` itself."""
+        if not self.free:
+            return adv
+        eps = self.base["eps"]
+        step = self.step_size_255 / 255.0 if self.step_size_255 >= 0 else eps
+        leaf = adv.detach().requires_grad_(True)
+        clean = clips.detach()
+
+        def update(grad):
+            with torch.no_grad():
+                moved = (clean + (leaf.detach() + step * grad.sign() - clean).clamp(-eps, eps)).clamp(0, 1)
+                self.memory.remember(moved, clean, keys, eps)
+
+        leaf.register_hook(update)
+        return leaf
 
     @torch.no_grad()
     def _accuracy(self, model, clips, text_tokens, clip_labels) -> float:

@@ -103,6 +103,7 @@ def make_advtrain_step(pseudo_labels=None, attack: TrainAttack | None = None):
             # of an accumulation group) also guarantees no attack gradient reaches the step
             micro.optimizer.zero_grad(set_to_none=True)
         model.train()
+        adv = inner.watch(adv, clips, keys, micro.epoch)  # FREE_UPDATE: the backward pass moves the memory
         w = cfg.ADV_TRAIN.CLEAN_WEIGHT
         inputs = torch.cat([adv, clips]) if w > 0 else adv
         with autocast(cfg, device):

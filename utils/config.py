@@ -104,7 +104,7 @@ def _defaults():
             "SRD_MODE": "center", "GRADCAM_DIR": "",
             "PSEUDO_LABEL_RULE": "argmax", "PSEUDO_LABEL_QUANTILE": 0.95,
             "ATTACK_INIT": "clean", "ATTACK_SCHEDULE": "constant", "ATTACK_STEP_SIZE": -1.0,
-            "OVERFIT_CHECK_STEPS": 0, "OVERFIT_GAP": 0.2,
+            "FREE_UPDATE": False, "OVERFIT_CHECK_STEPS": 0, "OVERFIT_GAP": 0.2,
         },
         "ATTACK": {
             "EPS": -1.0, "STEPS": 10, "STEP_SIZE": -1.0, "RANDOM_START": False, "RESTARTS": 1,
@@ -325,6 +325,9 @@ def _validate(cfg):
         raise ConfigError("TRAIN.SELECT 'val' keeps the epoch with the best AUC@all on a validation list, but "
                           "DATA.VAL_SPLIT_FILE is empty; give a test-format list of held-back training videos "
                           "(the synthetic dataset writes val.txt) or use TRAIN.SELECT 'test' or 'last'")
+    if cfg.ADV_TRAIN.FREE_UPDATE and cfg.ADV_TRAIN.ATTACK_INIT != "previous":
+        raise ConfigError("ADV_TRAIN.FREE_UPDATE updates each video's remembered perturbation, which needs "
+                          f"ADV_TRAIN.ATTACK_INIT 'previous' (got {cfg.ADV_TRAIN.ATTACK_INIT!r}); set both or neither")
     if cfg.ADV_TRAIN.OVERFIT_CHECK_STEPS < 0:
         raise ConfigError(f"ADV_TRAIN.OVERFIT_CHECK_STEPS must be >= 0 (0 = no check), got {cfg.ADV_TRAIN.OVERFIT_CHECK_STEPS}")
     if not 0 < cfg.ADV_TRAIN.PSEUDO_LABEL_QUANTILE < 1:
