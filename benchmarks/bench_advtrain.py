@@ -14,6 +14,12 @@ run share the machine's load. Times are wall times on a shared machine: read the
 
 Run: ``python -m benchmarks.bench_advtrain --seeds 0 1 2 [--preset variant] [--only pgd3 fgsm_rs]``
 Writes OUTPUT/results.json and OUTPUT/results.md (default OUTPUT: output/bench_advtrain_<preset>).
+
+``--step-timing``: instead, the cost of one stage-2 training step (attack + forward + backward
++ AdamW) of every setting, timed interleaved in this process (pgd3, fgsm_rs, ..., pgd3, ...)
+on one real training batch of the demo's loader with the demo's model: the machine-noise-free
+ratio to the published step. (The whole-run times above share the machine with whatever else
+runs; the per-epoch overfitting check is left out here: it costs its steps on one batch.)
 """
 from __future__ import annotations
 
@@ -55,6 +61,9 @@ def _args(argv=None):
     p.add_argument("--only", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--output", default="", help="default: output/bench_advtrain_<preset>")
     p.add_argument("--jobs", type=int, default=2, help="stages side by side (CPU threads split between them)")
+    p.add_argument("--step-timing", action="store_true", help="time one training step per setting, interleaved")
+    p.add_argument("--rounds", type=int, default=10, help="--step-timing: timed rounds")
+    p.add_argument("--threads", type=int, default=2, help="--step-timing: torch threads")
     return p.parse_args(argv)
 
 
@@ -125,8 +134,64 @@ def markdown(rows: dict, preset: str, seeds) -> str:
     return "\n".join(lines) + "\n"
 
 
+def step_timing(preset: str, settings, rounds: int, threads: int) -> dict:
+    """Median seconds per training step of each setting, timed round-robin on one batch."""
+    import time
+
+    import torch
+
+    from datasets.build import build_train_loader, set_loader_epoch
+    from training import engine, steps
+    from training.adv_attack import TrainAttack
+    from training.stage import class_tokens, load_model
+    from utils.config import load_config_file, merge_opts
+
+    torch.set_num_threads(threads)
+    data_root = data_root_for(preset)
+    base = load_config_file(REPO / "configs" / "synthetic" / "demo_advtrain.yaml")
+    base.defrost()
+    merge_opts(base, ["DATA.ROOT", str(data_root), "DATA.TRAIN_FILE", str(data_root / "train_fit.txt"),
+                      "DATA.NUM_WORKERS", "0", "ADV_TRAIN.PSEUDO_LABEL", "False"])
+    loader = build_train_loader(base)
+    set_loader_epoch(loader, 0)
+    batch = next(iter(loader))
+    tokens = class_tokens(base, "cpu")
+    runs = {}
+    for name in settings:
+        cfg = base.clone()
+        merge_opts(cfg, [str(v) for v in SETTINGS[name][0]])
+        model = load_model(cfg, None, torch.device("cpu"), None).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.TRAIN.LR)
+        runs[name] = (cfg, model, optimizer, steps.make_advtrain_step(None, TrainAttack(cfg)))
+    times = {name: [] for name in settings}
+    for r in range(rounds + 1):  # round 0 warms up (and fills the perturbation memory)
+        for name, (cfg, model, optimizer, step) in runs.items():
+            start = time.perf_counter()
+            micro = engine.MicroStep(True, True, optimizer, epoch=cfg.TRAIN.EPOCHS - 1, index=1)
+            loss, _ = step(model, batch, tokens, cfg, torch.device("cpu"), micro)
+            loss.backward()
+            optimizer.step()
+            if r:
+                times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return {name: {"step_s": medians[name], "ratio_to_pgd3": medians[name] / medians["pgd3"],
+                   "passes_per_step": SETTINGS[name][1]} for name in settings}
+
+
 def main(argv=None) -> int:
     args = _args(argv)
+    if args.step_timing:
+        from utils.io import atomic_write_json
+
+        rows = step_timing(args.preset, ["pgd3"] + [s for s in args.only if s != "pgd3"], args.rounds, args.threads)
+        lines = ["| setting | s/step (median) | vs pgd3 | passes/step |", "|---|---|---|---|"]
+        lines += [f"| `{n}` | {r['step_s']:.3f} | {r['ratio_to_pgd3']:.2f} | {r['passes_per_step'] or '2-5'} |"
+                  for n, r in rows.items()]
+        print("\n".join(lines))
+        if args.output:
+            atomic_write_json(Path(args.output) / "step_timing.json", {"preset": args.preset, "rounds": args.rounds,
+                                                                       "threads": args.threads, "settings": rows})
+        return 0
     import os
 
     from utils.io import atomic_write_json, atomic_write_text
