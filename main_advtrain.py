@@ -17,7 +17,8 @@ def main(argv=None) -> int:
     from datasets.synthetic import true_intervals
     from datasets.build import build_test_loader, build_val_loader, build_train_as_test_loader, build_train_loader
     from utils import dist
-    from attacks.settings import attack_settings, describe
+    from attacks.settings import attack_settings
+    from training.adv_attack import TrainAttack
     from training import engine, pseudo_labels, stage as stages, steps
 
     stage = stages.setup_stage("advtrain", args)
@@ -52,13 +53,16 @@ def main(argv=None) -> int:
         model = stages.build_model(stage)
         test_loader = build_test_loader(cfg, dist_info=stage.dist)
         best = stages.BestEvaluation(stage)
-        step = steps.make_advtrain_step(labels)
-        stage.logger.info("adversarial training, inner attack: " + describe(attack_settings(cfg, "train")))
+        inner = TrainAttack(cfg, logger=stage.logger)
+        step = steps.make_advtrain_step(labels, inner)
+        stage.logger.info("adversarial training, inner attack: " + inner.describe())
         summary = engine.fit(stage, model, train_loader, test_loader, tokens, step, best,
                              val_loader=build_val_loader(cfg, stage.dist))
         if not summary["stopped"]:
             summary["pseudo_labels"] = str(target) if labels is not None else None
-            summary["attack"] = attack_settings(cfg, "train")
+            summary["attack"] = {**attack_settings(cfg, "train"), "init": inner.init, "schedule": inner.schedule,
+                                 "steps_by_epoch": [inner.settings(e)["steps"] for e in range(cfg.TRAIN.EPOCHS)]}
+            summary["overfit_checks"] = inner.checks
             stages.report_training(stage, summary, best.result)
         return 0
     finally:

@@ -143,19 +143,25 @@ def project(x, clean, eps):
     return (clean + (x - clean).clamp(-eps, eps)).clamp(0, 1)
 
 
-def start_points(clean, eps, restarts, random_start, generator):
+def start_points(clean, eps, restarts, random_start, generator, start=None):
     """Starting points [R*N, ...] (restart-major) for R restarts of N clips.
 
     With random_start every restart starts at a uniform point of the eps-ball; without it
     the first restart starts at the clean clips (the published start) and the others at
-    uniform points.
+    uniform points. ``start`` [N, ...] (e.g. the clips' previous adversarial versions),
+    projected onto the eps-ball and [0, 1], replaces the first restart's start.
     """
     replicated = clean.repeat(restarts, *([1] * (clean.dim() - 1)))
-    if not random_start and restarts == 1:
+    if not random_start and restarts == 1 and start is None:
         return replicated.clone()
-    noise = (2 * uniform(replicated.shape, generator, clean.device, clean.dtype) - 1) * eps
-    starts = (replicated + noise).clamp(0, 1)
-    if not random_start:
+    if random_start or restarts > 1:
+        noise = (2 * uniform(replicated.shape, generator, clean.device, clean.dtype) - 1) * eps
+        starts = (replicated + noise).clamp(0, 1)
+    else:
+        starts = replicated.clone()
+    if start is not None:
+        starts[: clean.shape[0]] = project(start.to(clean.dtype), clean, eps)
+    elif not random_start:
         starts[: clean.shape[0]] = clean
     return starts
 

@@ -18,7 +18,7 @@ def default_step_size(eps: float, steps: int) -> float:
 
 
 def pgd(model, videos, text_tokens, clip_labels, eps, steps=10, step_size=None, restarts=1,
-        random_start=False, generator=None, objective="prob", amp_dtype=None, forward=None):
+        random_start=False, generator=None, objective="prob", amp_dtype=None, forward=None, start=None):
     """Sign-gradient PGD -> adversarial videos [N, T, 3, H, W] within ``eps`` of ``videos``.
 
     model: anything with ``model(videos, text_tokens)["y"]`` -> logits [N, C] (class 1 =
@@ -33,6 +33,8 @@ def pgd(model, videos, text_tokens, clip_labels, eps, steps=10, step_size=None, 
     objective: "prob" (published), "ce" or "margin" (attacks.common.OBJECTIVES).
     forward: optional callable(videos) -> logits [N, C] used instead of the model's forward
         (e.g. to reuse precomputed text features); amp_dtype: autocast dtype of the default one.
+    start: optional [N, T, 3, H, W] start of the first restart instead of the clean clip
+        (projected onto the eps-ball; stage 2 passes each video's previous perturbation).
 
     Without random start and with one restart the result is deterministic and equals the
     published update.
@@ -45,7 +47,7 @@ def pgd(model, videos, text_tokens, clip_labels, eps, steps=10, step_size=None, 
     clean = videos.detach()
     all_labels = labels.repeat(restarts)
     with eval_mode(model):
-        adv = start_points(clean, eps, restarts, random_start, generator)
+        adv = start_points(clean, eps, restarts, random_start, generator, start)
         reference = clean.repeat(restarts, *([1] * (clean.dim() - 1)))
         for _ in range(steps):
             _, grad = objective_and_gradient(forward, adv, all_labels, loss)

@@ -78,6 +78,8 @@ class MicroStep:
     first: bool
     last: bool
     optimizer: object
+    epoch: int = 0  # 0-based epoch of the micro-batch
+    index: int = 0  # micro-batch in the epoch
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state: TrainState, step_fn,
@@ -112,7 +114,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, text_tokens, cfg, state
     for idx, batch in enumerate(batches, start=skip):
         group_start = idx - idx % accum
         group_end = min(group_start + accum, total)
-        micro = MicroStep(first=idx == group_start, last=idx + 1 == group_end, optimizer=optimizer)
+        micro = MicroStep(first=idx == group_start, last=idx + 1 == group_end, optimizer=optimizer,
+                          epoch=state.epoch, index=idx)
         with dist.sync_context(model, sync=micro.last):
             loss, parts = step_fn(model, batch, text_tokens, cfg, device, micro)
             if dist.any_rank(not torch.isfinite(loss.detach()).item()):

@@ -10,8 +10,7 @@ import contextlib
 
 import torch
 
-from attacks.pgd import pgd
-from attacks.settings import attack_settings, pgd_kwargs
+from training.adv_attack import TrainAttack
 from training.losses import advtrain_loss, promptmil_loss
 from utils.dist import unwrap_model
 from utils.errors import TrainingError
@@ -73,26 +72,38 @@ def advtrain_clip_labels(batch, cfg, pseudo_labels=None) -> torch.Tensor:
     return labels
 
 
-def make_advtrain_step(pseudo_labels=None, attack_generator=None):
+def make_advtrain_step(pseudo_labels=None, attack: TrainAttack | None = None):
     """The stage-2 step: craft PGD clips against the clip labels, then train on them.
 
-    ADV_TRAIN.LOSS 'ce' (per-clip CE + smoothness) or 'mil'; with ADV_TRAIN.CLEAN_WEIGHT w > 0
-    the loss is (1 - w) * adversarial + w * clean, both from one forward pass.
+    ``attack``: the inner attack (training.adv_attack.TrainAttack; None = built from the
+    config at the first step). ADV_TRAIN.LOSS 'ce' (per-clip CE + smoothness) or 'mil'; with
+    ADV_TRAIN.CLEAN_WEIGHT w > 0 the loss is (1 - w) * adversarial + w * clean, both from one
+    forward pass. The first micro-batch of every epoch runs the overfitting check when
+    ADV_TRAIN.OVERFIT_CHECK_STEPS > 0.
     """
+    attacks = [attack]
+
     def step(model, batch, text_tokens, cfg, device, micro):
+        if attacks[0] is None:
+            attacks[0] = TrainAttack(cfg)
+        inner = attacks[0]
         imgs = batch["imgs"].to(device, non_blocking=True)
         video_labels = batch["label"].to(device)
         b, k = imgs.shape[0], imgs.shape[2]
         clips, views = view_clips(imgs, cfg.TRAIN.USE_VIEW2)
         clip_labels = advtrain_clip_labels(batch, cfg, pseudo_labels).to(device).repeat(views, 1)  # [V*B, K]
+        keys = [(path, view) for view in range(views) for path in batch["path"]]
         with autocast(cfg, device):
-            adv = pgd(unwrap_model(model), clips, text_tokens, clip_labels.reshape(-1), generator=attack_generator,
-                      **pgd_kwargs(attack_settings(cfg, "train")))
+            adv = inner(unwrap_model(model), clips, text_tokens, clip_labels.reshape(-1), keys, micro.epoch)
+            if micro.index == 0:
+                inner.check_overfitting(unwrap_model(model), clips, adv, text_tokens, clip_labels.reshape(-1),
+                                        micro.epoch)
         if micro.first:
             # the attack takes gradients w.r.t. the input only; clearing here (first micro-step
             # of an accumulation group) also guarantees no attack gradient reaches the step
             micro.optimizer.zero_grad(set_to_none=True)
         model.train()
+        adv = inner.watch(adv, clips, keys, micro.epoch)  # FREE_UPDATE: the backward pass moves the memory
         w = cfg.ADV_TRAIN.CLEAN_WEIGHT
         inputs = torch.cat([adv, clips]) if w > 0 else adv
         with autocast(cfg, device):
@@ -109,4 +120,5 @@ def make_advtrain_step(pseudo_labels=None, attack_generator=None):
             parts["total"] = loss
         return loss, parts
 
+    step.attacks = attacks  # [TrainAttack]: its overfitting checks go into results.json
     return step

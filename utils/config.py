@@ -41,6 +41,9 @@ _CHOICES = {
     ("TRAIN", "SELECT"): ("test", "val", "last"),
     ("TRAIN", "MIL_NORMAL"): ("top", "all"),
     ("ADV_TRAIN", "SRD_MODE"): ("center", "gradcam"),
+    # training.adv_attack.INITS / SCHEDULES
+    ("ADV_TRAIN", "ATTACK_INIT"): ("clean", "uniform", "previous"),
+    ("ADV_TRAIN", "ATTACK_SCHEDULE"): ("constant", "ramp"),
     ("ADV_TRAIN", "SRD_SEVERITY"): ("light", "medium", "heavy"),
     ("TEST", "NUM_CROP"): (1, 3),
     # the presets of datasets.synthetic.DATASET_PRESETS ('' = none)
@@ -101,6 +104,8 @@ def _defaults():
             "PSEUDO_LABEL_FILE": "", "CLEAN_WEIGHT": 0.0, "SRD_PROB": 0.5, "SRD_SEVERITY": "medium",
             "SRD_MODE": "center", "GRADCAM_DIR": "",
             "PSEUDO_LABEL_RULE": "argmax", "PSEUDO_LABEL_QUANTILE": 0.95,
+            "ATTACK_INIT": "clean", "ATTACK_SCHEDULE": "constant", "ATTACK_STEP_SIZE": -1.0,
+            "FREE_UPDATE": False, "OVERFIT_CHECK_STEPS": 0, "OVERFIT_GAP": 0.2,
         },
         "ATTACK": {
             "EPS": -1.0, "STEPS": 10, "STEP_SIZE": -1.0, "RANDOM_START": False, "RESTARTS": 1,
@@ -330,6 +335,11 @@ def _validate(cfg, sources=None):
         raise ConfigError("TRAIN.SELECT 'val' keeps the epoch with the best AUC@all on a validation list, but "
                           "DATA.VAL_SPLIT_FILE is empty; give a test-format list of held-back training videos "
                           "(the synthetic dataset writes val.txt) or use TRAIN.SELECT 'test' or 'last'")
+    if cfg.ADV_TRAIN.FREE_UPDATE and cfg.ADV_TRAIN.ATTACK_INIT != "previous":
+        raise ConfigError("ADV_TRAIN.FREE_UPDATE updates each video's remembered perturbation, which needs "
+                          f"ADV_TRAIN.ATTACK_INIT 'previous' (got {cfg.ADV_TRAIN.ATTACK_INIT!r}); set both or neither")
+    if cfg.ADV_TRAIN.OVERFIT_CHECK_STEPS < 0:
+        raise ConfigError(f"ADV_TRAIN.OVERFIT_CHECK_STEPS must be >= 0 (0 = no check), got {cfg.ADV_TRAIN.OVERFIT_CHECK_STEPS}")
     if not 0 < cfg.ADV_TRAIN.PSEUDO_LABEL_QUANTILE < 1:
         raise ConfigError(f"ADV_TRAIN.PSEUDO_LABEL_QUANTILE must be in (0, 1), got {cfg.ADV_TRAIN.PSEUDO_LABEL_QUANTILE}")
     validate_values(cfg, sources)
