@@ -338,8 +338,6 @@ def _validate(cfg, sources=None):
     if cfg.ADV_TRAIN.FREE_UPDATE and cfg.ADV_TRAIN.ATTACK_INIT != "previous":
         raise ConfigError("ADV_TRAIN.FREE_UPDATE updates each video's remembered perturbation, which needs "
                           f"ADV_TRAIN.ATTACK_INIT 'previous' (got {cfg.ADV_TRAIN.ATTACK_INIT!r}); set both or neither")
-    if cfg.ADV_TRAIN.OVERFIT_CHECK_STEPS < 0:
-        raise ConfigError(f"ADV_TRAIN.OVERFIT_CHECK_STEPS must be >= 0 (0 = no check), got {cfg.ADV_TRAIN.OVERFIT_CHECK_STEPS}")
     if not 0 < cfg.ADV_TRAIN.PSEUDO_LABEL_QUANTILE < 1:
         raise ConfigError(f"ADV_TRAIN.PSEUDO_LABEL_QUANTILE must be in (0, 1), got {cfg.ADV_TRAIN.PSEUDO_LABEL_QUANTILE}")
     validate_values(cfg, sources)

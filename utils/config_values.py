@@ -77,6 +77,7 @@ VALUE_RULES: dict[str, Rule] = {
     "ADV_TRAIN.SRD_PROB": _PROBABILITY,
     "ADV_TRAIN.PSEUDO_LABEL_FILE": _PATH, "ADV_TRAIN.GRADCAM_DIR": _PATH,
     "ATTACK.STEPS": (_range(0), ">= 0", "0 = no attack (clean scores twice)"),
+    "ADV_TRAIN.OVERFIT_CHECK_STEPS": (_range(0), ">= 0", "0 = no overfitting check, 10 = a PGD-10 check"),
     "ROBUSTNESS.SWEEP_EPS": (_all(_range(0.0), (int, float)), "a list of budgets >= 0 (1/255 units)",
                              "e.g. [0, 0.5, 2, 4] (write 0.001, not 1e-3, which YAML reads as text)"),
     "ROBUSTNESS.SWEEP_STEPS": (_all(_range(0), int), "a list of whole step counts >= 0", "e.g. [1, 10, 50]"),
