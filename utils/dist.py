@@ -19,7 +19,6 @@ Plain ``torchrun`` still prints its traceback, with the one-line error as its "t
 """
 import contextlib
 import datetime
-import json
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from utils.errors import ConfigError
+from utils.io import atomic_write_json
 
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -224,9 +224,8 @@ def record_error(message: str) -> None:
     data = {"message": {"message": message, "errorCode": 2, _FRAMESHIELD_MARK: True,
                         "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}}
     try:
-        with open(path, "w", encoding="utf-8") as fp:
-            json.dump(data, fp)
-    except OSError as err:  # the message was printed already; only the launcher's summary lacks it
+        atomic_write_json(path, data)
+    except OSError as err:  # (an OutputError) the message was printed already; only the launcher's summary lacks it
         print(f"warning: could not write the error for torchrun to {path}: {err}", file=sys.stderr)
 
 
