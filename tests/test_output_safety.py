@@ -194,11 +194,9 @@ def test_stale_temp_files_are_removed_everywhere_but_in_live_runs(tmp_path):
              out / "checkpoints" / ".last.state.pt.q_1w2e3r.tmp", out / "seed0" / "baseline" / ".x.yaml.aaaaaaaa.tmp"]
     kept = [out / "notes.tmp", out / ".hidden.tmp", out / "plots" / "roc.png"]
     live = out / "test" / ".scores.npz.bbbbbbbb.tmp"  # an evaluation running in OUTPUT/test now
-    outside = tmp_path / "elsewhere" / ".data.json.cccccccc.tmp"  # reached only through a symlink
-    for file in stale + kept + [live, outside]:
+    for file in stale + kept + [live]:
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text("x")
-    (out / "link").symlink_to(outside.parent, target_is_directory=True)
     (out / "seed0" / "baseline" / outdir.LOCK_NAME).write_text("pid 1: a run that was killed\n")
     holder = hold_lock(out / "test")
     try:
@@ -207,7 +205,7 @@ def test_stale_temp_files_are_removed_everywhere_but_in_live_runs(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert not any(f.exists() for f in stale)
-    assert all(f.exists() for f in kept + [live, outside])
+    assert all(f.exists() for f in kept + [live])  # (a link out of the folder is refused: see below)
     assert sorted(notes) == sorted(f"removing {f}, left over from an interrupted write" for f in stale)
 
 
@@ -306,3 +304,51 @@ def test_infer_and_demo_refuse_a_folder_in_use(tmp_path, entry):
         holder.wait()
     assert isinstance(err, OutputError) and "in use by another run" in str(err), err
     assert sorted(p.name for p in folder.iterdir()) == [outdir.LOCK_NAME]  # nothing written
+
+
+# ---- class 1: links inside the output folder that lead outside it -------------------------------
+@pytest.mark.parametrize("name,is_dir", [("checkpoints", True), ("plots", True), ("tb", True),
+                                         ("log_rank0.txt", False), ("clip_0001", True)])
+def test_a_link_out_of_the_output_folder_is_refused_and_nothing_outside_changes(tmp_path, name, is_dir):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    if is_dir:
+        elsewhere.mkdir()
+        (elsewhere / "keep.txt").write_text("theirs")
+        (elsewhere / ".data.json.cccccccc.tmp").write_text("not ours to clean")
+    else:
+        elsewhere.write_text("victim")
+    (out / name).symlink_to(elsewhere)
+    with pytest.raises(OutputError, match=rf"{name} is a symbolic link to .*elsewhere.*outside the output folder"):
+        outdir.claim_output(out, "test")
+    if is_dir:
+        assert sorted(p.name for p in elsewhere.iterdir()) == [".data.json.cccccccc.tmp", "keep.txt"]
+    else:
+        assert elsewhere.read_text() == "victim"
+    outdir.claim_output(tmp_path / "other", "test")  # the refused folder's lock was given up ...
+    (out / name).unlink()
+    outdir.claim_output(out, "test")  # ... and the same folder without the link is claimed
+    outdir.release_output(out)
+    outdir.release_output(tmp_path / "other")
+
+
+def test_links_that_stay_inside_and_an_output_that_is_a_link_are_fine(tmp_path):
+    real = tmp_path / "real"
+    (real / "checkpoints_disk").mkdir(parents=True)
+    (real / "checkpoints").symlink_to(real / "checkpoints_disk")
+    (tmp_path / "out").symlink_to(real)
+    assert outdir.links_out_of(tmp_path / "out") == []
+    outdir.claim_output(tmp_path / "out", "test")
+    outdir.release_output(tmp_path / "out")
+
+
+def test_a_training_into_a_folder_with_a_link_out_exits_2(tmp_path):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "checkpoints").symlink_to(elsewhere)
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "-cfg", str(REPO / "configs/synthetic/synthetic_ci.yaml"),
+                           "--output", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "symbolic link" in (proc.stdout + proc.stderr) and "Traceback" not in proc.stderr
+    assert list(elsewhere.iterdir()) == []

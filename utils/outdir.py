@@ -16,6 +16,11 @@ its ``--output``:
    see utils/io.py) anywhere in the folder are removed; a subfolder locked by another live run
    (``OUTPUT/test`` of an evaluation running now) is left alone.
 
+4. a symbolic link inside the folder that leads outside it (``checkpoints/``, ``plots/``,
+   ``tb/``, a log file, a video's folder of infer.py) is refused: the run would write, rename
+   or delete files through it, outside its --output. Links that stay inside are fine, and so
+   is an --output that is itself a link (the run's folder is where it leads).
+
 A file system without locks (some network mounts) gets a warning, not a refusal.
 """
 import errno
@@ -139,13 +144,38 @@ def remove_stale_temp_files(folder) -> list:
     return stale
 
 
+def links_out_of(folder) -> list:
+    """(link, target) of every symbolic link under ``folder`` (links not followed) whose target
+    lies outside the folder's real path."""
+    root = Path(folder).resolve()
+    found = []
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            path = Path(top) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if target != root and root not in target.parents:
+                    found.append((path, target))
+    return sorted(found)
+
+
 def claim_output(folder, what: str) -> list:
-    """Create, lock and clean ``folder`` (module docstring); returns the lines to log
+    """Create, lock, check and clean ``folder`` (module docstring); returns the lines to log
     (a lock warning, the stale temporary files removed)."""
     notes = []
+    held_before = str(Path(folder).resolve()) in _held
     warning = lock_output(folder, what)
     if warning:
         notes.append(warning)
+    outside = links_out_of(folder)
+    if outside:
+        if not held_before:
+            release_output(folder)
+        link, target = outside[0]
+        more = f" (and {len(outside) - 1} more: {', '.join(str(p) for p, _ in outside[1:4])})" if len(outside) > 1 else ""
+        raise OutputError(f"{link} is a symbolic link to {target}, outside the output folder {folder}{more}; a run "
+                          "writes, replaces and deletes files only inside its --output: replace the link by a real "
+                          "file or folder, or give an --output on the disk it points to")
     for file in remove_stale_temp_files(folder):
         notes.append(f"removing {file}, left over from an interrupted write")
     return notes
