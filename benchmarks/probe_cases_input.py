@@ -114,7 +114,7 @@ def _empty(folder):
     folder.mkdir()
 
 
-def _list(edit, runner="only_test", words=(), names=("test.txt",), timeout=TRAIN_T):
+def _list(edit, runner="only_test", words=(), names=("test.txt", "04_0000"), timeout=TRAIN_T):
     """A stage on a list file edited by ``edit(lines)`` (test.txt for only_test, train.txt for main)."""
     def setup(box: Box) -> Plan:
         data = c.copy_data(box)
@@ -174,7 +174,7 @@ CLASS6 = [
     Case("test_list_frames_99999999", 6, _list(_line("04_0000", "frames/test/04_0000 99999999 1 16 27"), timeout=60)),
     Case("test_list_frames_4500000", 6, _list(_line("04_0000", "frames/test/04_0000 4500000 1 16 27"), timeout=60)),
     Case("train_list_frames_99999999", 6, _list(_line("02_0001", "frames/train/02_0001 0 99999999 1"), "main",
-                                                names=("train.txt",), timeout=60)),
+                                                names=("train.txt", "02_0001"), timeout=60)),
     Case("test_interval_past_end", 6, _list(_line("04_0000", "frames/test/04_0000 45 1 16 90"), words=("test.txt",))),
     Case("test_interval_reversed", 6, _list(_line("04_0000", "frames/test/04_0000 45 1 30 10"), words=("test.txt",))),
     Case("test_interval_negative", 6, _list(_line("04_0000", "frames/test/04_0000 45 1 -5 10"), words=("test.txt",))),
@@ -200,7 +200,7 @@ def _torchrun(nproc: int, script: str = "main.py"):
         command = command + ["DATA.VAL_FILE", "data/missing_list.txt"]
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                    *command[1:]]
-        return c.plan(command, names=("missing_list.txt",), timeout=120)
+        return c.plan(command, names=("missing_list.txt",), timeout=120, strict_last=True)
     return setup
 
 
@@ -215,7 +215,7 @@ def _runner(script: str, **env: str):
         command = ["env", *[f"{k}={v}" for k, v in values.items()], "bash", str(box.repo / "runners" / script), "1",
                    "--opts", "DATA.ROOT", root, "DATA.TRAIN_FILE", f"{root}/train.txt",
                    "DATA.VAL_FILE", f"{root}/missing_list.txt", *c.SMALL]
-        return c.plan(command, names=("missing_list.txt",), timeout=120)
+        return c.plan(command, names=("missing_list.txt",), timeout=120, strict_last=True)
     return setup
 
 

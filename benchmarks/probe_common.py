@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -136,7 +137,7 @@ def warned(*words: str) -> Check:
     """Exit 0 is right when a warning (or error) line names all ``words``."""
     def check(box: Box, output: str) -> str | None:
         for line in output.splitlines():
-            if ("WARNING" in line or "warning" in line) and all(w.lower() in line.lower() for w in words):
+            if re.search(r"\bWARNING\b|\bwarning:", line) and all(w.lower() in line.lower() for w in words):
                 return None
         return f"exit 0 and no warning naming {list(words)}"
     return check
@@ -157,6 +158,19 @@ def infer_scores_ok(expected_frames: int | None = None, video_name: str = "04_00
             return f"scored {data.get('num_frames')} frames, the folder holds {expected_frames}"
         return None
     return check
+
+
+def valid_checkpoint_left(box: Box, output: str) -> str | None:
+    """After a failed save: some checkpoint in out/checkpoints still matches its manifest."""
+    folder = box / "out" / "checkpoints"
+    for path in sorted(folder.glob("*.manifest.json")):
+        try:
+            files = json.loads(path.read_text())["files"]
+            if all(hashlib.sha256((folder / n).read_bytes()).hexdigest() == e["sha256"] for n, e in files.items()):
+                return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return "no valid checkpoint left in out/checkpoints"
 
 
 def all_of(*checks: Check) -> Check:

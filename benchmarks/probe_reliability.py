@@ -68,7 +68,9 @@ class Plan:
     exit 0 means the bad input was accepted (silent). ``writable``: sandbox folders the run
     may write; everything else in the sandbox must stay as it was, and so must ``protect``
     (globs inside writable folders). ``names``: words of which a clear error names one.
-    ``strict_last``: the error must be the last line (torchrun cases)."""
+    ``strict_last``: the error must be the last line (torchrun cases). ``stagger``: seconds
+    between the starts of the commands. ``after``: run whatever the exit code, a string = data
+    lost (e.g. no valid checkpoint left). ``cleanup``: called at the end (unmount)."""
 
     commands: list[list[str]]
     check: Check | None = None
@@ -78,6 +80,9 @@ class Plan:
     timeout: float = 60.0
     skip: str = ""
     stagger: float = 0.0
+    strict_last: bool = False
+    after: Check | None = None
+    cleanup: Callable[[], None] | None = None
 
 
 @dataclass
@@ -169,12 +174,14 @@ def last_line(output: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def classify(plan: Plan, codes: list[int | None], output: str, lost: str, box: Box) -> tuple[str, str]:
-    """(verdict, detail) of one case; the order makes the worst outcome win."""
+def classify(plan: Plan, codes: list[int | None], outputs: list[str], lost: str, box: Box) -> tuple[str, str]:
+    """(verdict, detail) of one case (``outputs``: one per command); the worst outcome wins."""
+    output = "\n".join(outputs)
     if any(code is None for code in codes):
         return "hang", f"ran past {plan.timeout:.0f} s"
     if any(marker in output for marker in OOM_MARKERS):
         return "hang/oom", f"hit the {MEMORY_CAP >> 30} GiB memory cap"
+    lost = lost or (plan.after(box, output) if plan.after else "") or ""
     if lost:
         return "lost", lost
     if TRACEBACK in output:
@@ -182,13 +189,22 @@ def classify(plan: Plan, codes: list[int | None], output: str, lost: str, box: B
     if all(code == 0 for code in codes):
         problem = plan.check(box, output) if plan.check else "exit 0: the bad input was accepted without an error"
         return ("handled", "") if problem is None else ("silent", problem)
-    failed = [code for code in codes if code != 0]
-    line = last_line(output)
-    if failed == [2] * len(failed) and ERROR_LINE.search(line):
-        if not plan.names or any(n.lower() in line.lower() for n in plan.names):
+    blocks = [error_block(out, 1 if plan.strict_last else 12) for code, out in zip(codes, outputs) if code != 0]
+    if all(code in (0, 2) for code in codes) and all(blocks):
+        if not plan.names or all(any(n.lower() in b.lower() for n in plan.names) for b in blocks):
             return "clear", ""
-        return "unclear", f"exit 2, but the last line names none of {list(plan.names)}"
-    return "unclear", f"exit codes {codes}; last line is not the project's error"
+        return "unclear", f"exit 2, but the error names none of {list(plan.names)}"
+    return "unclear", f"exit codes {codes}; the output does not end with the project's error"
+
+
+def error_block(output: str, tail: int = 12) -> str:
+    """The error the output ends with: from its last error line (one of the last ``tail``
+    non-empty lines, as a message may list details below its first line) to the end."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for i in range(len(lines) - 1, max(-1, len(lines) - 1 - tail), -1):
+        if ERROR_LINE.search(lines[i]):
+            return "\n".join(lines[i:])
+    return ""
 
 
 def _exception_line(output: str) -> str:
@@ -228,9 +244,14 @@ def run_case(case: Case, repo: Path, fix: Path, tmp_root: Path) -> Outcome:
     seconds = time.monotonic() - began
     output = "\n".join(outputs)
     lost = compare(before, snapshot(box, plan), plan)
-    verdict, detail = classify(plan, codes, output, lost, box)
+    (box / "probe_output.txt").write_text(f"{plan.commands}\nexit codes {codes}\n{output}")
+    verdict, detail = classify(plan, codes, outputs, lost, box)
+    if plan.cleanup:
+        plan.cleanup()
     code = next((c for c in codes if c not in (0, None)), codes[0]) if codes else None
-    return Outcome(case.name, case.cls, verdict, code, round(seconds, 1), last_line(output), detail,
+    failed = next((out for c, out in zip(codes, outputs) if c not in (0, None)), output)
+    shown = error_block(failed).splitlines()[0] if error_block(failed) else last_line(failed)
+    return Outcome(case.name, case.cls, verdict, code, round(seconds, 1), shown[:300], detail,
                    output[-3000:])
 
 
@@ -287,15 +308,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, required=True, help="checkout whose entry scripts are probed")
     parser.add_argument("--json", type=Path, help="write the outcomes as a JSON list")
     parser.add_argument("--markdown", type=Path, help="write the outcomes as a markdown table")
-    parser.add_argument("--only", default="", help="run only the cases whose name contains this")
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this (several: comma-separated)")
     parser.add_argument("--jobs", type=int, default=1, choices=(1, 2), help="cases run side by side")
-    parser.add_argument("--keep", action="store_true", help="keep the sandboxes (printed) for reading")
+    parser.add_argument("--keep", action="store_true", help="keep the sandboxes (and probe_output.txt) for reading")
+    parser.add_argument("--extended", action="store_true", help="also the extra members of each class (~60 more cases)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.probe_cases import all_cases
 
     repo = args.repo.resolve()
-    cases = [c for c in all_cases() if args.only in c.name]
+    wanted = args.only.split(",")
+    cases = [c for c in all_cases(args.extended) if any(w in c.name for w in wanted)]
     tmp_root = Path(tempfile.mkdtemp(prefix="frameshield_probe."))
     print(f"probing {repo}: {len(cases)} case(s), sandboxes under {tmp_root}", flush=True)
     build_fixture(repo, tmp_root / "fixture")
