@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 from benchmarks import probe_common as c
 from benchmarks.probe_cases import TRAIN_T, _resume_with
