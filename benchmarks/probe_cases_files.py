@@ -64,8 +64,21 @@ def _infer_threshold(value):
             c.edit_state(folder, "best", _set("extra", [0.5]))
         else:
             c.edit_state(folder, "best", lambda s: s["extra"].update(score_threshold=value))
-        return c.plan(c.infer(box, c.video(box)), names=("threshold", "state.pt"), check=c.warned("threshold"))
+        return c.plan(c.infer(box, c.video(box)), names=("threshold", "state.pt"), check=_threshold_used)
     return setup
+
+
+def _threshold_used(box: Box, output: str) -> str | None:
+    """Exit 0 is right when the threshold infer.py used is a number in [0, 1] and a warning
+    (not the usual "N% of the frames score above" one) says the stored one was not used."""
+    if not (box / "out/summary.json").is_file():
+        return "exit 0 and no out/summary.json written"
+    used = json.loads((box / "out/summary.json").read_text()).get("threshold")
+    if not isinstance(used, (int, float)) or not 0 <= used <= 1:
+        return f"exit 0 and scored with the stored threshold {used!r}"
+    warnings = [line for line in output.splitlines() if "WARNING" in line and "threshold" in line
+                and "of the frames score above" not in line]
+    return None if warnings else f"exit 0 with threshold {used} and no warning about the stored one"
 
 
 def _weights(change_name: str):

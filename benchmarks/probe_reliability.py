@@ -187,7 +187,10 @@ def classify(plan: Plan, codes: list[int | None], outputs: list[str], lost: str,
     if TRACEBACK in output:
         return "traceback", _exception_line(output)
     if all(code == 0 for code in codes):
-        problem = plan.check(box, output) if plan.check else "exit 0: the bad input was accepted without an error"
+        try:
+            problem = plan.check(box, output) if plan.check else "exit 0: the bad input was accepted without an error"
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as err:  # the check's reading of outputs
+            return "probe-error", f"the case's check failed: {err!r}"
         return ("handled", "") if problem is None else ("silent", problem)
     blocks = [error_block(out, 1 if plan.strict_last else 12) for code, out in zip(codes, outputs) if code != 0]
     if all(code in (0, 2) for code in codes) and all(blocks):
