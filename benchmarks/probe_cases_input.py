@@ -68,7 +68,7 @@ CLASS5 += [Case(f"config_{name}", 5, _config(runner, key, value, check=check)) f
 )]
 CLASS5 += [
     Case("demo_jobs_negative", 5, _flag("demo", "--jobs", "-1")),
-    Case("demo_jobs_zero", 5, _flag("demo", "--jobs", "0")),
+    Case("demo_jobs_zero", 5, _flag("demo", "--jobs", "0", timeout=240.0)),
     Case("demo_seeds_zero", 5, _flag("demo", "--seeds", "0", timeout=120.0)),
     Case("demo_first_seed_negative", 5, _flag("demo", "--first-seed", "-1", "--jobs", "1", timeout=120.0)),
     Case("infer_chunk_frames_zero", 5, _flag("infer", "--chunk-frames", "0")),

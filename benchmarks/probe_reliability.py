@@ -33,12 +33,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 MEMORY_CAP = 6 << 30
+STALL = 20.0  # seconds without output before a timeout that make it a hang
 TRACEBACK = "Traceback (most recent call last)"
 OOM_MARKERS = ("MemoryError", "Cannot allocate memory", "can't allocate memory", "std::bad_alloc")
 ERROR_LINE = re.compile(r"(ConfigError|ListFileError|DataError|CheckpointError|TrainingError|FrameShieldError)"
@@ -122,6 +124,26 @@ def start(command: list[str], box: Box) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=box.root, env=env_for(box.repo), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace", preexec_fn=_limit_memory,
                             start_new_session=True)
+
+
+class Reader:
+    """Collects a command's output in a thread, with the time of its last line (a run that
+    still prints at its timeout is slow, not hung)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.last = time.monotonic()
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.lines.append(line)
+            self.last = time.monotonic()
+
+    def text(self) -> str:
+        self.thread.join(timeout=10)
+        return "".join(self.lines)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -233,22 +255,26 @@ def run_case(case: Case, repo: Path, fix: Path, tmp_root: Path) -> Outcome:
         if i and plan.stagger:
             time.sleep(plan.stagger)
         procs.append(start(command, box))
-    outputs, codes = [], []
-    for proc in procs:
+    readers = [Reader(proc) for proc in procs]
+    codes: list[int | None] = []
+    stalled = True
+    for proc, reader in zip(procs, readers):
         left = max(1.0, plan.timeout - (time.monotonic() - began))
         try:
-            out, _ = proc.communicate(timeout=left)
-            codes.append(proc.returncode)
+            codes.append(proc.wait(timeout=left))
         except subprocess.TimeoutExpired:
+            stalled = stalled and time.monotonic() - reader.last > STALL
             stop(proc)
-            out, _ = proc.communicate()
+            proc.wait()
             codes.append(None)
-        outputs.append(out or "")
+    outputs = [reader.text() for reader in readers]
     seconds = time.monotonic() - began
     output = "\n".join(outputs)
     lost = compare(before, snapshot(box, plan), plan)
     (box / "probe_output.txt").write_text(f"{plan.commands}\nexit codes {codes}\n{output}")
     verdict, detail = classify(plan, codes, outputs, lost, box)
+    if verdict == "hang" and not stalled:
+        verdict, detail = "unclear", f"still printing progress at the {plan.timeout:.0f} s timeout: slow, not stuck"
     if plan.cleanup:
         plan.cleanup()
     code = next((c for c in codes if c not in (0, None)), codes[0]) if codes else None
@@ -294,10 +320,10 @@ def markdown(outcomes: list[Outcome], repo: Path) -> str:
     for o in outcomes:
         counts[o.verdict] = counts.get(o.verdict, 0) + 1
     lines = [f"# Reliability probe of {repo}", "", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-             "", "| class | verdict | " + " | ".join(sorted(counts)) + " |", "|---|---|" + "---|" * len(counts)]
+             "", "| class | cases | " + " | ".join(sorted(counts)) + " |", "|---|---|" + "---|" * len(counts)]
     for cls in sorted({o.cls for o in outcomes}):
         row = [sum(1 for o in outcomes if o.cls == cls and o.verdict == v) for v in sorted(counts)]
-        lines.append(f"| {cls} | | " + " | ".join(map(str, row)) + " |")
+        lines.append(f"| {cls} | {sum(row)} | " + " | ".join(map(str, row)) + " |")
     lines += ["", "| case | class | verdict | exit | s | last line / detail |", "|---|---|---|---|---|---|"]
     for o in outcomes:
         text = (o.detail + " / " if o.detail else "") + o.last_line
@@ -313,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the outcomes as a markdown table")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this (several: comma-separated)")
     parser.add_argument("--jobs", type=int, default=1, choices=(1, 2), help="cases run side by side")
+    parser.add_argument("--update", action="store_true",
+                        help="replace only the rerun cases' rows in an existing --json (and rewrite --markdown)")
     parser.add_argument("--keep", action="store_true", help="keep the sandboxes (and probe_output.txt) for reading")
     parser.add_argument("--extended", action="store_true", help="also the extra members of each class (~60 more cases)")
     args = parser.parse_args(argv)
@@ -332,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
             o = future.result()
             outcomes.append(o)
             print(f"{o.verdict:10} {o.cls} {o.name:45} exit={o.exit_code} {o.seconds:5.1f}s {o.detail[:80]}", flush=True)
+    if args.update and args.json and args.json.is_file():
+        fresh = {o.name: o for o in outcomes}
+        old = [Outcome(**row) for row in json.loads(args.json.read_text())]
+        outcomes = [fresh.pop(o.name, o) for o in old] + list(fresh.values())
     if args.json:
         args.json.write_text(json.dumps([{k: v for k, v in vars(o).items()} for o in outcomes], indent=1) + "\n")
     if args.markdown:
