@@ -107,7 +107,7 @@ def _bad_weights(kind: str, runner: str):
                     "attack": lambda: c.attack(box), "advtrain": lambda: c.advtrain(box),
                     "resume": lambda: c.resume(box)}
         check = c.infer_scores_ok() if runner == "infer" else None
-        return c.plan(commands[runner](), names=("safetensors", "weight", "nan", "inf", "int", "bool"),
+        return c.plan(commands[runner](), names=("nan", "non-finite", "not finite", "infinite", "integer", "bool"),
                       check=check, timeout=TRAIN_T)
     return setup
 

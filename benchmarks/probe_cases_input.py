@@ -247,8 +247,11 @@ def _fuzz(reader: str, seed: int):
         if reader == "manifest":
             c.copy_run(box, "mid", "out")
             manifest = json.loads((box / "out/checkpoints/last.manifest.json").read_text())
-            for key in draw.sample(sorted(manifest), 2):
-                manifest[key] = _random_value(draw)
+            key = draw.choice(["files", "step", "epoch"])  # the fields a run acts on
+            value = _random_value(draw)
+            while isinstance(value, dict) if key == "files" else (type(value) is int and value >= 0):
+                value = _random_value(draw)  # a valid value would not be malformed input
+            manifest[key] = value
             (box / "out/checkpoints/last.manifest.json").write_text(json.dumps(manifest))
             return c.plan(c.resume(box), names=("manifest",), check=c.warned("manifest"), timeout=TRAIN_T)
         if reader == "pseudo":

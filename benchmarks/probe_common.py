@@ -53,8 +53,10 @@ def genlabels(box: Box, output: str, run: Path | str, *opts: str) -> list[str]:
 
 
 def advtrain(box: Box, output: str = "out", *opts: str) -> list[str]:
+    """Stage 2b on the fixture's pseudo labels (read only), unless ``opts`` name another file."""
+    labels = str(box.fix / "pl" / "pseudo_labels.json")
     return entry(box, "main_advtrain.py", CI_ADV, output, "--pretrained", "run/checkpoints/best.safetensors",
-                 opts=("ATTACK.STEPS", "1", *opts))
+                 opts=("ATTACK.STEPS", "1", "ADV_TRAIN.PSEUDO_LABEL_FILE", labels, *opts))
 
 
 def attack(box: Box, output: str = "out", *opts: str, weights: str = "run/checkpoints/best.safetensors") -> list[str]:

@@ -223,13 +223,15 @@ def classify(plan: Plan, codes: list[int | None], outputs: list[str], lost: str,
 
 
 def error_block(output: str, tail: int = 12) -> str:
-    """The error the output ends with: from its last error line (one of the last ``tail``
-    non-empty lines, as a message may list details below its first line) to the end."""
+    """The error the output ends with: from its first error line among the last ``tail``
+    non-empty lines (a message may list details below its first line, or a summary error
+    follow the one that names the cause) to the end; "" when the last line is no error's."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    for i in range(len(lines) - 1, max(-1, len(lines) - 1 - tail), -1):
-        if ERROR_LINE.search(lines[i]):
-            return "\n".join(lines[i:])
-    return ""
+    window = lines[-tail:]
+    if tail == 1 and not (window and ERROR_LINE.search(window[0])):
+        return ""
+    first = next((i for i, line in enumerate(window) if ERROR_LINE.search(line)), None)
+    return "" if first is None else "\n".join(window[first:])
 
 
 def _exception_line(output: str) -> str:
