@@ -97,7 +97,7 @@ def _symlink_victim(name: str, runner: str):
 
 
 def _stale_tmp_link(box: Box, folder: Path) -> None:
-    (folder / ".last.state.pt.abc123.tmp").symlink_to(box / "victim.txt")
+    (folder / ".last.state.pt.abc12300.tmp").symlink_to(box / "victim.txt")
 
 
 def _tmp_link_removed(box: Box, output: str) -> str | None:
@@ -111,7 +111,8 @@ CLASS1 = [
     Case("manifest_previous_dotdot_resume", 1, _resume_with(_previous_escape)),
     Case("checkpoint_file_symlink_resume", 1, _resume_with(_symlink_file, names=("link", "last.yaml"),
                                                            check=c.warned("link"))),
-    Case("stale_tmp_symlink_resume", 1, _resume_with(_stale_tmp_link, check=_tmp_link_removed)),
+    Case("stale_tmp_symlink_resume", 1, _resume_with(_stale_tmp_link, names=("manifest", "symbolic link"),
+                                                     check=_tmp_link_removed)),
     Case("checkpoints_dir_symlink_resume", 1, _symlink_dir("checkpoints")),
     Case("tb_dir_symlink_resume", 1, _symlink_dir("tb")),
     Case("plots_dir_symlink_only_test", 1, _symlink_dir("plots", runner="only_test")),
@@ -157,8 +158,8 @@ def _killed_then_rerun(box: Box) -> Plan:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
-    for stale in ("out/.results.json.k1ll3d.tmp", "out/.config.yaml.k1ll3d.tmp",
-                  "out/checkpoints/.last.state.pt.k1ll3d.tmp"):
+    for stale in ("out/.results.json.k1ll3d00.tmp", "out/.config.yaml.k1ll3d00.tmp",
+                  "out/checkpoints/.last.state.pt.k1ll3d00.tmp"):
         (box / stale).write_bytes(b"half written")
     return c.plan(command, check=_tmp_link_removed, timeout=TRAIN_T)
 
@@ -167,8 +168,8 @@ def _killed_infer_rerun(box: Box) -> Plan:
     c.copy_data(box)
     c.copy_run(box)
     (box / "out/04_0000").mkdir(parents=True)
-    (box / "out/.summary.json.k1ll3d.tmp").write_bytes(b"half")
-    (box / "out/04_0000/.scores.json.k1ll3d.tmp").write_bytes(b"half")
+    (box / "out/.summary.json.k1ll3d00.tmp").write_bytes(b"half")
+    (box / "out/04_0000/.scores.json.k1ll3d00.tmp").write_bytes(b"half")
     return c.plan(c.infer(box, c.video(box)), check=_tmp_link_removed)
 
 

@@ -148,3 +148,47 @@ def test_run_main_does_not_hide_other_os_errors():
 
     with pytest.raises(FileNotFoundError):
         stages.run_main(main)
+
+
+# ---- the output folder's own paths: the log file, the checkpoint folder, a path too long -------
+def test_a_log_file_that_is_a_folder_is_an_output_error(tmp_path):
+    from utils.logger import create_logger
+
+    (tmp_path / "log_rank0.txt").mkdir()
+    with pytest.raises(OutputError, match=r"log_rank0\.txt.*folder stands where"):
+        create_logger(tmp_path, 0, name="test_io_failures.folder")
+
+
+def test_a_log_write_on_a_full_disk_is_one_warning_not_a_traceback_per_line(tmp_path, capsys):
+    from utils.logger import create_logger
+
+    log = create_logger(tmp_path, 1, name="test_io_failures.full")  # rank 1: the file handler only
+    handler = log.handlers[-1]
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    handler.stream.close()
+    handler.stream = Full()
+    for i in range(3):
+        log.info(f"line {i}")
+    err = capsys.readouterr().err
+    assert err.count("cannot write the log file") == 1 and "No space left on device" in err
+    assert "Traceback" not in err and "Logging error" not in err
+    handler.stream = open(handler.baseFilename, "a", encoding="utf-8")
+    log.removeHandler(handler)
+    handler.close()
+
+
+def test_a_checkpoints_path_that_is_a_file_is_an_output_error(tmp_path):
+    (tmp_path / "checkpoints").write_text("not a folder")
+    with pytest.raises(OutputError, match=r"checkpoints.*a part of the path is a file"):
+        save(tmp_path, 1.0, 1)
+
+
+def test_an_output_path_longer_than_the_file_system_allows_is_an_output_error(tmp_path):
+    from utils.outdir import prepare_output
+
+    with pytest.raises(OutputError, match="longer than the file system allows"):
+        prepare_output(tmp_path / ("x" * 300) / "run")

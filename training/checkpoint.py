@@ -30,7 +30,7 @@ import torch
 
 from training import checkpoint_checks as checks
 from utils.errors import CheckpointError
-from utils.io import atomic_write_json, atomic_write_text
+from utils.io import atomic_write_json, atomic_write_text, output_error
 
 logger = logging.getLogger("FrameShield.checkpoint")
 FORMAT_VERSION = 1
@@ -90,7 +90,10 @@ def save_checkpoint(output_dir, tag, model, optimizer, scheduler, epoch, step, b
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", tag):
         raise ValueError(f"checkpoint tag {tag!r} must be letters, digits, '_', '-' or '.'")
     folder = checkpoint_dir(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # OUTPUT/checkpoints is a file, or the disk refuses the folder
+        raise output_error(folder, err) from err
     model = getattr(model, "module", model)
     state = {
         "format_version": FORMAT_VERSION,

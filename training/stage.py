@@ -36,6 +36,7 @@ from training.run_identity import (RESULT_FILES, RUN_MODE_KEYS, compared_keys, e
 from utils.config import config_to_yaml, get_config, save_config
 from utils.errors import CheckpointError, ConfigError, OutputError
 from utils.io import atomic_path, atomic_write_json
+from utils.outdir import check_output_path
 
 
 @dataclass
@@ -72,6 +73,7 @@ def setup_stage(name, args) -> Stage:
     overwrite = getattr(args, "overwrite", False)
     # every rank reads the same files, so every rank reaches the same verdict (no hang
     # waiting for a rank that raised)
+    check_output_path(cfg.OUTPUT)  # before anything looks inside it
     output, redirected = evaluation_folder(name, cfg, Path(cfg.OUTPUT), overwrite)
     notes = [redirected] if redirected else []
     notes += _claim(output, f"{name}{' --only_test' if cfg.TEST.ONLY_TEST else ''}", info.rank)

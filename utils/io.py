@@ -28,6 +28,8 @@ _ADVICE = {
     errno.ENOTDIR: "a part of the path is a file, not a folder: choose another --output",
     errno.EEXIST: "a part of the path is a file, not a folder: choose another --output",
     errno.ELOOP: "the path is a symbolic link: a run writes only plain files inside its output folder",
+    errno.EISDIR: "a folder stands where the run writes a file: move it away or choose another --output",
+    errno.ENAMETOOLONG: "the path is longer than the file system allows: choose a shorter --output",
 }
 
 # errors only a write can get (a full disk, a quota, a read-only file system), never the code's fault

@@ -11,6 +11,8 @@ from pathlib import Path
 from termcolor import colored
 from tqdm import tqdm
 
+from utils.io import output_error
+
 FILE_FORMAT = "[%(asctime)s %(name)s] (%(filename)s %(lineno)d): %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -24,6 +26,18 @@ class _TqdmConsoleHandler(logging.StreamHandler):
             self.flush()
         except (OSError, ValueError):
             self.handleError(record)
+
+
+class _LogFile(logging.FileHandler):
+    """``log_rank{r}.txt``. A failed write (a full disk) is said once on stderr, instead of
+    logging's traceback for every record; the run's own writes then fail with an OutputError."""
+
+    def handleError(self, record):
+        if getattr(self, "_failed", False):
+            return
+        self._failed = True
+        print(f"warning: cannot write the log file {self.baseFilename}: {sys.exc_info()[1]}; "
+              "later log lines go to the console only", file=sys.stderr)
 
 
 class _ColourFormatter(logging.Formatter):
@@ -47,7 +61,12 @@ def create_logger(output_dir, rank, name="FrameShield"):
     Calling it again replaces the handlers it added before (no duplicated lines).
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    log_file = output_dir / f"log_rank{rank}.txt"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = _LogFile(log_file, mode="a", encoding="utf-8")
+    except OSError as err:
+        raise output_error(log_file, err) from err
     logger = logging.getLogger(name)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -61,8 +80,6 @@ def create_logger(output_dir, rank, name="FrameShield"):
         console.setFormatter(_ColourFormatter())
         console._frameshield = True
         logger.addHandler(console)
-    file_handler = logging.FileHandler(output_dir / f"log_rank{rank}.txt", mode="a",
-                                       encoding="utf-8")
     file_handler.setLevel(logging.DEBUG)
     file_handler.setFormatter(logging.Formatter(FILE_FORMAT, DATE_FORMAT))
     file_handler._frameshield = True

@@ -38,9 +38,21 @@ _held: dict = {}  # resolved folder -> fd of its lock file, held until this proc
 _BUSY = (errno.EACCES, errno.EAGAIN)  # what lockf raises when another process holds the lock
 
 
+def check_output_path(folder) -> None:
+    """OutputError when the path of ``folder`` cannot even be looked up (longer than the file
+    system allows, a loop of links, no permission); a folder that does not exist yet is fine."""
+    try:
+        os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as err:
+        raise output_error(folder, err) from err
+
+
 def prepare_output(folder) -> Path:
     """``folder`` created (parents too) and checked to be a folder; OutputError otherwise."""
     folder = Path(folder)
+    check_output_path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"output folder {folder} is a file, not a folder; choose another --output "
                           "(or move the file away)")
