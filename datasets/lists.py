@@ -251,11 +251,8 @@ def _check_duplicates(records, path):
                 f"{where}: video {record.path!r} is listed {what} (first on line {earlier.line}); a video "
                 "may appear once, or its frames would count twice: delete one of the two lines")
         repeated.append(f"{record.line} (= line {earlier.line}: {record.path})")
-    if repeated:
-        logging.getLogger("FrameShield").warning(
-            "%s: %d line(s) repeat an earlier training entry, so those videos are sampled twice per epoch: "
-            "lines %s%s; delete the repeats unless that is meant", path, len(repeated), ", ".join(repeated[:5]),
-            " ..." if len(repeated) > 5 else "")
+    _warn_lines(path, "line(s) repeat an earlier training entry, so those videos are sampled twice per epoch: "
+                "lines", repeated, "delete the repeats unless that is meant")
 
 
 def _check_interval_ends(records, path):
@@ -271,11 +268,15 @@ def _check_interval_ends(records, path):
                     f"frame count ({LINE_FORMATS})")
             if end > record.num_frames:
                 cut.append(f"{record.line} ({record.path}: {start}-{end}, {record.num_frames} frames)")
-    if cut:
-        logging.getLogger("FrameShield").warning(
-            "%s: %d interval(s) end after their video's last frame and are cut there: line %s%s; check the "
-            "frame counts and intervals of these lines", path, len(cut), ", ".join(cut[:5]),
-            " ..." if len(cut) > 5 else "")
+    _warn_lines(path, "interval(s) end after their video's last frame and are cut there: line", cut,
+                "check the frame counts and intervals of these lines")
+
+
+def _warn_lines(path, what: str, lines: list, todo: str) -> None:
+    """One warning for all ``lines`` of a list file (the first five shown), when there are any."""
+    if lines:
+        logging.getLogger("FrameShield").warning("%s: %d %s %s%s; %s", path, len(lines), what, ", ".join(lines[:5]),
+                                                 " ..." if len(lines) > 5 else "", todo)
 
 
 # ---------------------------------------------------------------- labels CSV

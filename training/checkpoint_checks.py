@@ -59,10 +59,7 @@ def check_manifest(manifest, manifest_path: Path, tag: str, format_version: int)
     where = f"checkpoint manifest {manifest_path}"
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{where} is not a JSON object; {FIX_HINT}")
-    for key in ("epoch", "step"):
-        if not is_int(manifest.get(key)) or manifest[key] < 0:
-            raise CheckpointError(f"{where}: '{key}' must be a non-negative integer, got {manifest.get(key)!r}; "
-                                  f"{FIX_HINT}")
+    _check_epoch_and_step(manifest, where)
     version = manifest.get("format_version", format_version)
     if not is_int(version) or not 1 <= version <= format_version:
         raise CheckpointError(f"{where}: 'format_version' {version!r} is not one this FrameShield reads "
@@ -139,10 +136,7 @@ def check_state(state, state_file: Path) -> dict:
     where = f"checkpoint state {state_file}"
     if not isinstance(state, dict):
         raise CheckpointError(f"{where} holds a {type(state).__name__}, not a checkpoint state dict; {FIX_HINT}")
-    for key in ("epoch", "step"):
-        if not is_int(state.get(key)) or state[key] < 0:
-            raise CheckpointError(f"{where}: '{key}' must be a non-negative integer, got {state.get(key)!r}; "
-                                  f"{FIX_HINT}")
+    _check_epoch_and_step(state, where)
     if "best_metric" in state and not is_real(state["best_metric"]):
         raise CheckpointError(f"{where}: 'best_metric' must be a number, got {state['best_metric']!r}; {FIX_HINT}")
     _check_types(state, _STATE_TYPES, where)
@@ -155,6 +149,14 @@ def check_state(state, state_file: Path) -> dict:
     check_threshold(extra.get("score_threshold"), f"{where}, 'extra.score_threshold'")
     check_threshold((extra.get("threshold") or {}).get("f1"), f"{where}, 'extra.threshold.f1'")
     return state
+
+
+def _check_epoch_and_step(values: dict, where: str) -> None:
+    """``epoch`` and ``step`` of a manifest or state file: integers >= 0."""
+    for key in ("epoch", "step"):
+        if not is_int(values.get(key)) or values[key] < 0:
+            raise CheckpointError(f"{where}: '{key}' must be a non-negative integer, got {values.get(key)!r}; "
+                                  f"{FIX_HINT}")
 
 
 def _check_types(values: dict, types: dict, where: str) -> None:
