@@ -277,6 +277,8 @@ def _merge_file(cfg, path, chain=(), sources=None):
     for base in bases:
         if base.strip() == "":  # X-CLIP's configs carry BASE: [''] meaning "no base"
             continue
+        if "\0" in base:
+            raise ConfigError(f"BASE in {path} holds a NUL character in {base!r}; give YAML file paths")
         _merge_file(cfg, path.parent / base, (*chain, resolved), sources)
     _merge_mapping(cfg, data, str(path), sources=sources)
 
