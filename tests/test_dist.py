@@ -226,3 +226,25 @@ def test_logger_console_on_rank0_only_and_file_per_rank(tmp_path, capsys):
     for handler in list(rank0.handlers):
         rank0.removeHandler(handler)
         handler.close()
+
+
+def test_cleanup_waits_for_the_other_gloo_ranks_unless_an_error_propagates(monkeypatch):
+    """A rank that closes its gloo connections while a peer still uses them makes the peer abort
+    (exit -6) after its work is done: cleanup waits for every rank first, except in a failure."""
+    from utils import dist as fs_dist
+
+    calls = []
+    monkeypatch.setattr(fs_dist.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(fs_dist.dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(fs_dist.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(fs_dist.dist, "monitored_barrier", lambda timeout: calls.append("barrier"))
+    monkeypatch.setattr(fs_dist.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    fs_dist.cleanup()
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        try:
+            raise RuntimeError("this rank failed")
+        finally:
+            fs_dist.cleanup()
+    assert calls == ["destroy"]

@@ -197,10 +197,27 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+SHUTDOWN_WAIT_S = 15
+
+
 def cleanup():
-    """Destroy the process group (if any) and forget the rank information."""
+    """Destroy the process group (if any) and forget the rank information.
+
+    With gloo every rank first waits (at most SHUTDOWN_WAIT_S) for the others to get here: a
+    rank that tears its connections down while a peer still uses them makes that peer abort
+    in gloo's threads ("terminate called without an active exception", exit code -6) after
+    its work is done. Called while an exception propagates (a ``finally`` after a failure),
+    it does not wait: the peers are failing too, or will when this rank's connections close.
+    """
     global _info
     if dist.is_initialized():
+        failing = sys.exc_info()[0] is not None
+        if not failing and dist.get_backend() == "gloo" and dist.get_world_size() > 1:
+            try:
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=SHUTDOWN_WAIT_S))
+            except RuntimeError as err:  # a peer failed or left: nothing to wait for
+                print(f"rank {dist.get_rank()}: not every rank reached the shutdown ({err}); closing anyway",
+                      file=sys.stderr)
         dist.destroy_process_group()
     _info = DistInfo(0, 1, 0, torch.device("cpu"), False)
 
