@@ -68,24 +68,13 @@ def attack_source_note(config_path, cfg) -> str:
 
 def claim_infer_output(cfg) -> list:
     """Claim cfg.OUTPUT (utils.outdir: created, locked, stale temporary files removed); a folder
-    that holds a stage's run (checkpoints, results.json, scores.npz, pseudo labels) is left as it
-    is: the scores go into its ``infer/`` subfolder (cfg.OUTPUT is set to it). Returns the lines
-    to log."""
-    from pathlib import Path
-
-    from training.run_identity import folder_contents
+    that holds a stage's run is left as it is and the scores go into its ``infer/`` subfolder
+    (training.run_identity.evaluation_folder sets cfg.OUTPUT to it). Returns the lines to log."""
+    from training.run_identity import evaluation_folder
     from utils.outdir import claim_output, prepare_output
 
-    output, notes = prepare_output(cfg.OUTPUT), []
-    kinds = folder_contents(output)
-    if kinds:
-        target = output / "infer"
-        notes.append(f"{output} holds a {'/'.join(kinds)} run: the scores go into {target}, leaving that "
-                     "run's config.yaml, results.json, scores.npz and plots/ as they are")
-        cfg.defrost()
-        cfg.OUTPUT = str(target)
-        cfg.freeze()
-    return notes + claim_output(Path(cfg.OUTPUT), "infer.py")
+    output, note = evaluation_folder("infer", cfg, prepare_output(cfg.OUTPUT))
+    return ([note] if note else []) + claim_output(output, "infer.py")
 
 
 def main(argv=None) -> int:

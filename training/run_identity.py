@@ -125,7 +125,7 @@ def compared_keys(kinds, keys) -> set:
 # the kind of results (training.run_identity.folder_contents) each evaluation-only stage writes,
 # and the subfolder it writes into when its --output holds results of another kind
 _EVALUATIONS = {"promptmil": ("evaluation", "test"), "advtrain": ("pseudo_labels", None),
-                "attack": ("attack", "attack")}
+                "attack": ("attack", "attack"), "infer": ("infer", "infer")}
 _KNOWN_KINDS = {"training", "pseudo_labels", "evaluation", "attack"}
 
 
@@ -138,12 +138,15 @@ def evaluation_folder(name, cfg, output: Path, overwrite=False):
     the line to log); stage 2a refuses a folder holding a training, whose pseudo_labels.json it
     would replace (ConfigError), and a training refuses a folder of evaluation or attack results;
     ``overwrite`` lets both write anyway. Results of an unknown kind are left to
-    :func:`training.stage.check_output_folder`.
+    :func:`training.stage.check_output_folder`, except for infer.py (``name`` "infer"), which
+    has no such check and so moves away from any run's results.
     """
     if name not in _EVALUATIONS:  # gradcam.py: its own folder rule (masks beside nothing else)
         return output, None
-    kinds = set(folder_contents(output)) & _KNOWN_KINDS
-    evaluating = cfg.TEST.ONLY_TEST or name == "attack"
+    kinds = set(folder_contents(output))
+    if name != "infer":
+        kinds &= _KNOWN_KINDS
+    evaluating = cfg.TEST.ONLY_TEST or name in ("attack", "infer")
     if not evaluating:
         others = kinds & {"evaluation", "attack"}
         if others and not overwrite:
