@@ -8,7 +8,6 @@ checkpoint without one uses :data:`DEFAULT_THRESHOLD`, logged as a warning.
 import logging
 from pathlib import Path
 
-
 from training.checkpoint import checkpoint_file
 from training.checkpoint_checks import check_threshold, load_state_file
 from utils.errors import CheckpointError, ConfigError
