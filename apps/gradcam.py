@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasets.transforms import model_input
 from utils.io import atomic_write_bytes
 
 
@@ -115,7 +116,7 @@ def compute_masks(model, loader, text_tokens, output_dir, device, logger=None, p
         if imgs.dim() != 5:
             raise ValueError(f"Grad-CAM needs single-crop segments [B, T, 3, H, W], got {tuple(imgs.shape)}; "
                              "set TEST.NUM_CROP 1")
-        saliency = gradcam_saliency(model, imgs.to(device, non_blocking=True), text_tokens).cpu()
+        saliency = gradcam_saliency(model, model_input(imgs, device), text_tokens).cpu()
         for path, inds, maps in zip(batch["path"], batch["frame_inds"], saliency):
             masks += write_masks(output_dir, path, inds, maps)
             videos.add(path)

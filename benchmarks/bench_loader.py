@@ -6,8 +6,9 @@ one; if datasets.synthetic is unavailable the script writes plain frame folders 
 1. raw decode: the frames the measured items read, as JPEG bytes already in memory,
    decoded with torchvision's batched ``decode_jpeg`` in this process (frames/s), and the
    same including the file reads;
-2. one item in this process, by stage: read+decode, SRD (when --srd), view 1 and view 2
-   (uint8), and the rest of the item (float conversion, seeding) (ms);
+2. one item in this process, by stage: read+decode (each distinct frame once), SRD (when
+   --srd), view 1 and view 2 (uint8), and the rest of the item (its uint8 buffer, seeding)
+   (ms); items are uint8 (the float conversion happens on the training device);
 3. the training loader (datasets.build.build_train_loader) for each ``--workers`` count:
    items/s and decoded frames/s in total and per worker, the first batch (worker start-up)
    excluded.
@@ -167,34 +168,36 @@ def _stages(dataset, items):
     from datasets.sampling import train_clip_indices
 
     totals = {"read_decode": 0.0, "srd": 0.0, "view1_uint8": 0.0, "view2_uint8": 0.0, "whole_item": 0.0}
+    distinct = 0
     for vid in items:
         record = dataset.records[vid]
         inds = train_clip_indices(record.num_frames, dataset.num_clips, dataset.num_frames, dataset.interval,
                                   np.random.default_rng(vid))
         t0 = time.perf_counter()
-        frames, _ = dataset.read_frames(vid, inds.reshape(-1))
-        clips = frames.view(dataset.num_clips, dataset.num_frames, *frames.shape[1:])
+        (frames, inverse), _ = dataset.read_frames(vid, inds.reshape(-1), unique=True)
+        distinct += frames.shape[0]
         t1 = time.perf_counter()
-        crops = dataset.views[0].apply_uint8(clips.reshape(-1, *clips.shape[2:]))
-        crops = crops.view(*clips.shape[:2], *crops.shape[1:])
+        crops = dataset.views[0].apply_uint8(frames)[inverse]  # each distinct frame resized once
+        crops = crops.view(dataset.num_clips, dataset.num_frames, *crops.shape[1:])
         t2 = time.perf_counter()
         if dataset.pseudo_anomaly and not record.is_anomalous:  # SRD: draw, paint view 1's crops
-            painter = dataset._draw_srd(vid, 0, inds, clips.shape[-2:]).painter(crops.shape[-1])
-            box = dataset.views[0].crop_box(*clips.shape[-2:])
+            painter = dataset._draw_srd(vid, 0, inds, frames.shape[-2:]).painter(crops.shape[-1])
+            box = dataset.views[0].crop_box(*frames.shape[-2:])
             for c in painter.clips() if painter is not None else ():
                 painter.paint(c, crops[c], box)
         t3 = time.perf_counter()
         if len(dataset.views) > 1:
-            for clip in clips:
-                dataset.views[1].apply_uint8(clip)
+            for c in range(dataset.num_clips):
+                dataset.views[1].apply_uint8(frames[inverse[c * dataset.num_frames:(c + 1) * dataset.num_frames]])
         t4 = time.perf_counter()
         dataset[(vid, 0)]
         t5 = time.perf_counter()
         for key, value in zip(totals, (t1 - t0, t3 - t2, t2 - t1, t4 - t3, t5 - t4)):
             totals[key] += value
     result = {k: 1000 * v / len(items) for k, v in totals.items()}
-    # what the stages above leave out: float conversion into the item's buffer, seeding, keys
-    result["float_and_rest"] = result["whole_item"] - sum(v for k, v in result.items() if k != "whole_item")
+    # what the stages above leave out: the copies into the item's uint8 buffer, seeding, keys
+    result["rest"] = result["whole_item"] - sum(v for k, v in result.items() if k != "whole_item")
+    result["distinct_frames_per_item"] = distinct / len(items)
     return result
 
 

@@ -173,6 +173,13 @@ class _Reader(abc.ABC):
 
     def read(self, indices):
         """Frames at ``indices`` (ints in [0, num_frames)) as ``uint8 [N, 3, H, W]``."""
+        frames, inverse = self.read_unique(indices)
+        return frames[inverse]
+
+    def read_unique(self, indices):
+        """Each distinct frame of ``indices`` decoded once: ``(uint8 [U, 3, H, W], inverse [N])``
+        with ``frames[inverse]`` the frames at ``indices`` in order (clips of a short video
+        overlap; the views resize the U distinct frames and gather the small crops)."""
         indices = [int(i) for i in np.asarray(indices).reshape(-1)]
         for i in indices:
             if not 0 <= i < self.num_frames:
@@ -186,7 +193,9 @@ class _Reader(abc.ABC):
             raise DataError(f"video {self.path}: frames differ in size {sorted(sizes)}; "
                             "all frames of a video must have the same size: resize them to one size")
         self.frame_size = next(iter(sizes))
-        return torch.stack([frames[i] for i in indices])
+        position = {i: k for k, i in enumerate(unique)}
+        inverse = torch.tensor([position[i] for i in indices], dtype=torch.long)
+        return torch.stack([frames[i] for i in unique]), inverse
 
     def _decode_many(self, indices):
         """Map index -> ``uint8 [3,H,W]``; errors become DataError or replacements."""

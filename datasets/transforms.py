@@ -58,6 +58,17 @@ def to_unit_float(clip):
     return clip.to(torch.float32).div_(255.0)
 
 
+def model_input(imgs, device):
+    """A batch's ``imgs`` on ``device`` as the model's float32 input in [0, 1].
+
+    The datasets deliver uint8 (0..255; datasets.video_dataset), converted here, after the
+    copy to the device, which then moves a quarter of the bytes; float input (a batch made
+    by hand, already in [0, 1]) is moved unchanged. Every consumer of a batch calls this.
+    """
+    imgs = imgs.to(device, non_blocking=True)
+    return to_unit_float(imgs) if imgs.dtype == torch.uint8 else imgs
+
+
 def check_resize_mode(mode, key="DATA.RESIZE"):
     """``mode`` lower-cased if it is one of :data:`RESIZE_MODES`, else a ConfigError naming ``key``."""
     text = str(mode).strip().lower()

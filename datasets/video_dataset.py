@@ -1,7 +1,7 @@
 """Map-style datasets over a list file: training items and test segments.
 
-``TrainVideoDataset``: one item per video = K clips of T frames (datasets.sampling), read
-once (uint8), turned into A views -> ``imgs [A, K, T, 3, S, S]`` float in [0, 1]; A =
+``TrainVideoDataset``: one item per video = K clips of T frames (datasets.sampling), each
+distinct frame read once, turned into A views -> ``imgs [A, K, T, 3, S, S]`` uint8; A =
 DATA.NUM_VIEWS when TRAIN.USE_VIEW2, else 1 (view 2 is not built when training does not
 read it; see datasets.transforms.num_train_views). A normal video may carry an SRD pseudo
 anomaly (datasets.srd.ItemSRD): the run of clips is drawn once per item, and each view
@@ -11,7 +11,13 @@ are relative to what the model sees, every clip labelled 1 (``pa_labels``) is vi
 changed in every view, and clips labelled 0 equal the same item without SRD.
 
 ``SegmentDataset``: one item per test segment (test list, or the train list for pseudo
-labels) -> ``imgs [T, 3, S, S]`` (or ``[3, T, 3, S, S]`` with three crops); deterministic.
+labels) -> ``imgs [T, 3, S, S]`` (or ``[3, T, 3, S, S]`` with three crops) uint8; deterministic.
+
+Pixels leave the datasets as uint8 (0..255): the model's float input in [0, 1] is made on
+the device by :func:`datasets.transforms.model_input`, the one place every consumer calls.
+That is 4x less memory written per item, copied between worker processes, collated and
+sent to the GPU than float32 items (docs/bench_loader.md), and bit-identical to converting
+here (the same ``float32 / 255``).
 
 Seeding: an item's randomness (clip offsets, view-2 augmentation, SRD) is drawn from seeds
 derived from ``(SEED, rank, epoch, video index)``, so it never depends on which worker
@@ -140,11 +146,13 @@ class _ListDataset(Dataset):
                                             record.start_frame, self.replace_bad))
         return self._cached[1]
 
-    def read_frames(self, vid, inds):
-        """``uint8 [N, 3, H, W]`` for ``inds`` and the number of frames replaced while reading."""
+    def read_frames(self, vid, inds, unique=False):
+        """``uint8 [N, 3, H, W]`` for ``inds`` and the number of frames replaced while reading;
+        ``unique``: ``((uint8 [U, 3, H, W], inverse [N]), replaced)``, each distinct frame once
+        (datasets.frames._Reader.read_unique)."""
         reader = self.reader(vid)
         before = reader.replaced
-        frames = reader.read(inds)
+        frames = reader.read_unique(inds) if unique else reader.read(inds)
         return frames, reader.replaced - before
 
 
@@ -180,17 +188,16 @@ class TrainVideoDataset(_ListDataset):
         record = self.records[vid]
         rng = np.random.default_rng(self.item_seed(vid, epoch, _TAG_SAMPLING)) if self.random_sampling else None
         inds = train_clip_indices(record.num_frames, self.num_clips, self.num_frames, self.interval, rng)
-        frames, replaced = self.read_frames(vid, inds.reshape(-1))
-        clips = frames.view(self.num_clips, self.num_frames, *frames.shape[1:])
+        (frames, inverse), replaced = self.read_frames(vid, inds.reshape(-1), unique=True)
 
         item_srd = None
         pa_labels = torch.zeros(self.num_clips, dtype=torch.long)
         if self.pseudo_anomaly and not record.is_anomalous:
-            item_srd = self._draw_srd(vid, epoch, inds, clips.shape[-2:])
+            item_srd = self._draw_srd(vid, epoch, inds, frames.shape[-2:])
             pa_labels = item_srd.labels
 
         with seeded_global_rngs(self.item_seed(vid, epoch, _TAG_AUGMENT)):
-            imgs = self._views(clips, item_srd)
+            imgs = self._views(frames, inverse, item_srd)
         return {
             "imgs": imgs,
             "label": torch.tensor(int(record.is_anomalous), dtype=torch.long),
@@ -214,31 +221,33 @@ class TrainVideoDataset(_ListDataset):
         return srd.ItemSRD(self.num_clips, self.num_frames, generator, saliency=saliency,
                            saliency_box=mask_box, **self.srd_options)
 
-    def _views(self, clips, item_srd=None):
-        """``float [A, K, T, 3, S, S]`` in [0, 1] from ``uint8 clips [K, T, 3, H, W]``.
+    def _views(self, frames, inverse, item_srd=None):
+        """``uint8 [A, K, T, 3, S, S]`` from the distinct frames ``uint8 [U, 3, H, W]`` and
+        ``inverse [K*T]`` (clip frame j is ``frames[inverse[j]]``).
 
-        Each view is converted straight into the output. With ``item_srd`` every view pastes
-        its SRD patch on its finished uint8 crops of the run's clips; the others are the
-        same as without SRD.
+        A view that is the same for every frame (view 1) resizes each distinct frame once and
+        gathers the crops; a random view draws once per clip, on that clip's frames. With
+        ``item_srd`` every view pastes its SRD patch on its finished crops of the run's
+        clips; the others are the same as without SRD.
         """
-        k, t = clips.shape[:2]
-        h, w = clips.shape[-2:]
+        k, t = self.num_clips, self.num_frames
+        h, w = frames.shape[-2:]
         size = self.views[0].size
-        imgs = torch.empty((len(self.views), k, t, 3, size, size), dtype=torch.float32)
+        imgs = torch.empty((len(self.views), k, t, 3, size, size), dtype=torch.uint8)
         for out, view in zip(imgs, self.views):
             painter = item_srd.painter(size) if item_srd is not None else None
             if view.random:  # one draw per clip
-                for c, (out_clip, clip) in enumerate(zip(out, clips)):
+                for c, out_clip in enumerate(out):
+                    clip = frames[inverse[c * t:(c + 1) * t]]
                     paint = functools.partial(painter.paint, c) if painter and painter.wants(c) else None
                     out_clip.copy_(view.apply_uint8(clip, paint=paint))
             else:
-                crops = view.apply_uint8(clips.reshape(k * t, *clips.shape[2:])).view(k, t, 3, size, size)
-                out.copy_(crops)
+                torch.index_select(view.apply_uint8(frames), 0, inverse, out=out.view(k * t, 3, size, size))
                 if painter is not None:
                     box = view.crop_box(h, w)
                     for c in painter.clips():
-                        out[c].copy_(painter.paint(c, crops[c], box))
-        return imgs.div_(255.0)
+                        out[c].copy_(painter.paint(c, out[c], box))
+        return imgs
 
 
 class SegmentDataset(_ListDataset):
@@ -261,7 +270,7 @@ class SegmentDataset(_ListDataset):
         vid, seg = self.segments[index]
         frames, replaced = self.read_frames(vid, list(seg.frame_inds))
         return {
-            "imgs": self.view(frames),
+            "imgs": self.view.apply_uint8(frames),
             "vid": torch.tensor(vid, dtype=torch.long),
             "path": self.records[vid].path,
             "seg_start": torch.tensor(seg.start, dtype=torch.long),

@@ -18,6 +18,7 @@ import torch
 from attacks.common import amp_dtype_from_config, eval_mode, in_chunks, make_forward
 from attacks.registry import run_attack
 from datasets.lists import frame_labels
+from datasets.transforms import model_input
 from evaluation.metrics import evaluate_scores
 from utils import dist
 from utils.dist import unwrap_model
@@ -101,7 +102,7 @@ def loader_batches(loader, records, count_start_zero=False, device="cpu", max_ba
             labels[i] = int(truth[inds].any())
         keys = [(batch["path"][i], int(batch["seg_start"][i]), int(batch["seg_len"][i]))
                 for i in range(len(batch["path"]))]
-        yield keys, batch["imgs"].to(device, non_blocking=True), labels.to(device)
+        yield keys, model_input(batch["imgs"], device), labels.to(device)
 
 
 def scores_by_video(segment_scores):

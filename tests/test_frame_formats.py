@@ -306,21 +306,19 @@ def test_ped2_test_loader_reads_tiff_folders(ped2):
     batch = next(iter(build_test_loader(ped2)))
     T, S = ped2.DATA.NUM_FRAMES, ped2.DATA.INPUT_SIZE
     imgs = batch["imgs"]
-    assert imgs.shape == (2, T, 3, S, S) and imgs.dtype == torch.float32
-    assert imgs.min() >= 0 and imgs.max() <= 1
+    assert imgs.shape == (2, T, 3, S, S) and imgs.dtype == torch.uint8
     assert torch.equal(imgs[:, :, 0], imgs[:, :, 1]) and torch.equal(imgs[:, :, 0], imgs[:, :, 2])  # gray
-    # every frame is the frame the segment asked for: its flat gray level, scaled to [0, 1]
+    # every frame is the frame the segment asked for: its flat gray level
     for b in range(2):
         vid = int(batch["vid"][b])
         for t, index in enumerate(batch["frame_inds"][b].tolist()):
-            assert torch.allclose(imgs[b, t], torch.full_like(imgs[b, t], _ped2_level(vid, index) / 255))
+            assert torch.allclose(imgs[b, t], torch.full_like(imgs[b, t], _ped2_level(vid, index)))
 
 
 def test_ped2_train_loader_reads_tiff_folders(ped2):
     batch = next(iter(build_train_loader(ped2)))
     K, T, S = ped2.DATA.NUM_CLIPS, ped2.DATA.NUM_FRAMES, ped2.DATA.INPUT_SIZE
-    assert batch["imgs"].shape == (2, 1, K, T, 3, S, S) and batch["imgs"].dtype == torch.float32
-    assert batch["imgs"].min() >= 0 and batch["imgs"].max() <= 1
+    assert batch["imgs"].shape == (2, 1, K, T, 3, S, S) and batch["imgs"].dtype == torch.uint8
     inds = batch["frame_inds"]
     assert inds.shape == (2, K, T) and (inds[..., 1:] >= inds[..., :-1]).all()  # never wrapped
     lengths = torch.tensor([60, 45])[batch["vid"]]

@@ -36,8 +36,7 @@ def test_train_batch_layout_and_frame_mapping(data):
     seen = []
     for batch in batches:
         b = len(batch["path"])
-        assert batch["imgs"].shape == (b, 2, 4, 3, 3, 32, 32) and batch["imgs"].dtype == torch.float32
-        assert 0.0 <= batch["imgs"].min() and batch["imgs"].max() <= 1.0
+        assert batch["imgs"].shape == (b, 2, 4, 3, 3, 32, 32) and batch["imgs"].dtype == torch.uint8
         assert batch["frame_inds"].shape == (b, 4, 3) and batch["frame_inds"].dtype == torch.long
         assert batch["pa_labels"].shape == (b, 4) and not batch["pa_labels"].any()
         assert not batch["srd_applied"].any()
@@ -304,3 +303,51 @@ def test_helpers_encode_frame_index_in_colour():
     frame = torch.tensor(frame_colour(7), dtype=torch.uint8).view(3, 1, 1).expand(1, 3, 4, 4)
     assert decoded_indices(to_unit_float(frame.clone()))[0] == 7
     assert video_dataset.split_key((3, 2)) == (3, 2) and video_dataset.split_key(4) == (4, 0)
+
+
+def test_overlapping_clips_equal_the_views_of_each_clips_own_frames(tmp_path):
+    # a video shorter than the clips' span: clips share frames, which the item decodes and
+    # resizes once; every clip must still equal the views applied to its own frames
+    gen = torch.Generator().manual_seed(1)
+    folder = tmp_path / "frames" / "short"
+    folder.mkdir(parents=True)
+    from torchvision.io import encode_jpeg
+
+    for i in range(14):
+        frame = torch.randint(0, 256, (3, 36, 44), generator=gen, dtype=torch.uint8)
+        (folder / f"img_{i:08}.jpg").write_bytes(encode_jpeg(frame, quality=95).numpy().tobytes())
+    (tmp_path / "train.txt").write_text("frames/short 0 14 0\n")
+    dataset = _train_dataset(tmp_path, **{"DATA.NUM_CLIPS": 6, "DATA.FRAME_INTERVAL": 2})
+    item = dataset[(0, 2)]
+    inds = item["frame_inds"]
+    assert len(set(inds.reshape(-1).tolist())) < inds.numel()  # the clips do overlap
+    reader = dataset.reader(0)
+    with video_dataset.seeded_global_rngs(dataset.item_seed(0, 2, video_dataset._TAG_AUGMENT)):
+        for c, clip_inds in enumerate(inds):
+            frames = reader.read(clip_inds)
+            assert torch.equal(item["imgs"][0, c], dataset.views[0].apply_uint8(frames))
+            assert torch.equal(item["imgs"][1, c], dataset.views[1].apply_uint8(frames))
+
+
+def test_read_unique_decodes_each_frame_once(data, monkeypatch):
+    dataset = _train_dataset(data)
+    reader = dataset.reader(0)
+    decoded = []
+    original = reader._decode_batch
+    monkeypatch.setattr(reader, "_decode_batch", lambda inds: decoded.extend(inds) or original(inds))
+    indices = [5, 2, 5, 9, 2, 2]
+    frames, inverse = reader.read_unique(indices)
+    assert sorted(decoded) == [2, 5, 9] and frames.shape[0] == 3
+    assert torch.equal(frames[inverse], reader.read(indices))
+    assert decoded_indices(frames[inverse]).tolist() == indices
+
+
+def test_model_input_converts_uint8_on_the_device_and_passes_float_through():
+    from datasets.transforms import model_input
+
+    pixels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    converted = model_input(pixels, torch.device("cpu"))
+    assert converted.dtype == torch.float32
+    assert torch.equal(converted, to_unit_float(pixels)) and converted.max() == 1.0 and converted.min() == 0.0
+    floats = torch.rand(2, 3)
+    assert model_input(floats, torch.device("cpu")) is floats

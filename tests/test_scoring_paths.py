@@ -8,6 +8,7 @@ import torch
 from attacks.pgd import pgd
 from attacks.registry import AttackSetting
 from attacks.settings import attack_settings
+from datasets.transforms import model_input
 from evaluation import robustness
 from evaluation.scoring import evaluate, score_loader, score_metrics, scores_by_video
 from tests.cfg_helpers import tiny_synthetic_cfg
@@ -42,7 +43,7 @@ def direct_scores(model, loader, tokens, attack=None):
     out = {}
     records = loader.dataset.records
     for batch in loader:
-        videos = batch["imgs"]
+        videos = model_input(batch["imgs"], torch.device("cpu"))
         if attack is not None:
             labels = torch.tensor([int(frame_labels(records[v])[batch["frame_inds"][i].numpy()].any())
                                    for i, v in enumerate(batch["vid"].tolist())])
@@ -92,13 +93,14 @@ def test_infer_scores_a_segment_as_the_evaluation_does(tiny):
 
     cfg, loader, model, tokens = tiny
     batch = next(iter(loader))
+    videos = model_input(batch["imgs"], torch.device("cpu"))
     settings = attack_settings(cfg)
-    clean, attacked, adv = inference.score_clips(model, batch["imgs"], tokens, len(batch["imgs"]), cfg, settings)
+    clean, attacked, adv = inference.score_clips(model, videos, tokens, len(videos), cfg, settings)
     with torch.no_grad():
-        expected = model(batch["imgs"], tokens)["y"].float().softmax(dim=-1)[:, 1]
+        expected = model(videos, tokens)["y"].float().softmax(dim=-1)[:, 1]
     assert torch.equal(clean, expected)
-    ones = torch.ones(batch["imgs"].shape[0], dtype=torch.long)
-    reference = pgd(model, batch["imgs"], tokens, ones, **{k: settings[k] for k in
+    ones = torch.ones(videos.shape[0], dtype=torch.long)
+    reference = pgd(model, videos, tokens, ones, **{k: settings[k] for k in
                                                             ("eps", "steps", "step_size", "random_start", "restarts")})
     assert torch.equal(adv, reference)
     with torch.no_grad():

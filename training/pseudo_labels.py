@@ -285,6 +285,7 @@ def generate_pseudo_labels(model, loader, text_tokens, cfg, logger):
     videos' segments labelled 1 and warns when it is all or none of them.
     """
     from attacks.common import amp_dtype_from_config, eval_mode, make_forward
+    from datasets.transforms import model_input
     from evaluation.scoring import class_probabilities, model_device
     from utils import dist
     from utils.logger import progress
@@ -295,7 +296,7 @@ def generate_pseudo_labels(model, loader, text_tokens, cfg, logger):
     rows = []
     with eval_mode(net):
         for batch in progress(loader, desc="pseudo labels", rank=dist.get_rank()):
-            probs = class_probabilities(forward, batch["imgs"].to(device, non_blocking=True))
+            probs = class_probabilities(forward, model_input(batch["imgs"], device))
             classes, scores = probs.argmax(dim=-1), 1 - probs[:, 0]
             for i in range(classes.shape[0]):
                 rows.append((batch["path"][i], int(batch["seg_start"][i]), int(batch["seg_len"][i]),

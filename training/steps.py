@@ -10,6 +10,7 @@ import contextlib
 
 import torch
 
+from datasets.transforms import model_input
 from training.adv_attack import TrainAttack
 from training.losses import advtrain_loss, promptmil_loss
 from utils.dist import unwrap_model
@@ -33,7 +34,7 @@ def view_clips(imgs, use_view2):
 
 def promptmil_step(model, batch, text_tokens, cfg, device, micro):
     """Stage-1 loss of one batch: MIL + smoothness + sparsity (mean over the used views)."""
-    imgs = batch["imgs"].to(device, non_blocking=True)
+    imgs = model_input(batch["imgs"], device)
     labels = batch["label"].to(device)
     b, k = imgs.shape[0], imgs.shape[2]
     clips, views = view_clips(imgs, cfg.TRAIN.USE_VIEW2)
@@ -87,7 +88,7 @@ def make_advtrain_step(pseudo_labels=None, attack: TrainAttack | None = None):
         if attacks[0] is None:
             attacks[0] = TrainAttack(cfg)
         inner = attacks[0]
-        imgs = batch["imgs"].to(device, non_blocking=True)
+        imgs = model_input(batch["imgs"], device)
         video_labels = batch["label"].to(device)
         b, k = imgs.shape[0], imgs.shape[2]
         clips, views = view_clips(imgs, cfg.TRAIN.USE_VIEW2)
