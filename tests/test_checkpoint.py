@@ -23,7 +23,7 @@ from utils.errors import CheckpointError
 ROOT = Path(__file__).resolve().parents[1]
 CFG = NS(TRAIN=NS(OPTIMIZER="adamw", LR=1e-2, WEIGHT_DECAY=0.01, LR_SCHEDULER="cosine",
                   EPOCHS=4, WARMUP_EPOCHS=1, LR_SCALING="none", LR_BASE_BATCH=0, BATCH_SIZE=1,
-                  ACCUMULATION_STEPS=1))
+                  ACCUMULATION_STEPS=1, FUSED_OPTIMIZER=True))
 
 
 def trained(steps=2, seed=0):

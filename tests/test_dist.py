@@ -44,7 +44,8 @@ def train(info):
     attacks.pgd(model, random_videos(2, torch.Generator().manual_seed(7)), text_tokens(),
                 torch.tensor([0, 1]), eps=4 / 255, steps=2)
     cfg = NS(TRAIN=NS(OPTIMIZER="adamw", LR=1e-2, WEIGHT_DECAY=0.01, LR_SCHEDULER="cosine",
-                      EPOCHS=STEPS, WARMUP_EPOCHS=0, LR_SCALING="none"))
+                      EPOCHS=STEPS, WARMUP_EPOCHS=0, LR_SCALING="none",
+                      FUSED_OPTIMIZER=True))
     opt = optim.build_optimizer(cfg, model)
     sched = optim.build_scheduler(cfg, opt, steps_per_epoch=1)
     share = VIDEOS // info.world_size

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.toy_models import ToyVideoModel
+from tests.toy_models import ToyVideoModel, random_videos, text_tokens
 from training import optim
 from utils.errors import ConfigError
 
@@ -14,7 +14,7 @@ from utils.errors import ConfigError
 def make_cfg(**train):
     values = dict(OPTIMIZER="adamw", LR=1e-3, WEIGHT_DECAY=0.001, LR_SCHEDULER="cosine",
                   EPOCHS=10, WARMUP_EPOCHS=2, LR_SCALING="none", LR_BASE_BATCH=0, BATCH_SIZE=1,
-                  ACCUMULATION_STEPS=1)
+                  ACCUMULATION_STEPS=1, FUSED_OPTIMIZER=True)
     values.update(train)
     return NS(TRAIN=NS(**values))
 
@@ -150,3 +150,25 @@ def test_global_batch_and_opt_in_linear_lr_scaling():
     model = torch.nn.Linear(3, 2)
     optimizer = optim.build_optimizer(cfg, model, world_size=4)
     assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(8e-5)] * len(optimizer.param_groups)
+
+
+def test_fused_adamw_is_the_default_update_up_to_rounding():
+    models, optimizers = [], []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = ToyVideoModel(dropout=0.0)
+        opt = optim.build_optimizer(make_cfg(FUSED_OPTIMIZER=fused), model)
+        assert all(bool(g["fused"]) is fused for g in opt.param_groups)
+        models.append(model), optimizers.append(opt)
+    start = {k: v.clone() for k, v in models[0].state_dict().items()}
+    for step in range(5):
+        for model, opt in zip(models, optimizers):
+            videos = random_videos(4, torch.Generator().manual_seed(step))
+            model(videos, text_tokens())["y"].logsumexp(-1).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    moved = False
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+        moved |= not torch.equal(a, start[name])
+    assert moved  # the steps changed the weights, so their agreement means something

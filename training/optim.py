@@ -79,7 +79,11 @@ def build_optimizer(cfg, model, world_size=1):
     groups = parameter_groups(model, cfg.TRAIN.WEIGHT_DECAY, lr)
     if not groups:
         raise TrainingError("the model has no trainable parameter (all have requires_grad False)")
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
+    # the fused kernel updates each parameter in one pass (4x faster than the per-tensor
+    # 'foreach' default on the 2-core CPU for ViT-B/32: docs/bench_model.md); the same update
+    # up to float rounding. TRAIN.FUSED_OPTIMIZER False: torch's default implementation
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8,
+                             fused=True if cfg.TRAIN.FUSED_OPTIMIZER else None)
 
 
 def optimizer_steps_per_epoch(num_batches, accumulation_steps):
