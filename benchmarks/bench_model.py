@@ -11,7 +11,9 @@ architecture and the same weights, written here in the published formulation (se
 softmax, no SDPA). The two are timed interleaved (ours, reference, ours, ...) in one process,
 ``--repeats`` rounds of ``--steps`` calls each, so machine noise hits both alike; the table
 gives the median ratio reference time / our time (> 1 = ours faster) and the largest logit
-difference (must be < 1e-5).
+difference (must be < 1e-5). The optimizer step is training.optim.build_optimizer's AdamW:
+fused for ours (TRAIN.FUSED_OPTIMIZER, the default), torch's default implementation for the
+reference.
 """
 import copy
 import statistics
@@ -30,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clip import tokenize  # noqa: E402
 from models import xclip  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
+from utils.config import get_default_config  # noqa: E402
 from utils.io import atomic_write_json  # noqa: E402
 
 
@@ -160,9 +164,13 @@ def bench_baseline(name, args, device) -> dict:
     with torch.no_grad():
         gap = float((ours(video, tokens)["y"] - ref(video, tokens)["y"]).abs().max())
 
-    def make(model):
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-6)
+    def make(model, fused):
+        # training.optim.build_optimizer's AdamW groups: ours with TRAIN.FUSED_OPTIMIZER (the
+        # default), the reference with torch's default AdamW implementation, as published
+        cfg = get_default_config()
+        cfg.defrost()
+        cfg.TRAIN.FUSED_OPTIMIZER = fused
+        optimizer = build_optimizer(cfg, model)
 
         def forward():
             with torch.no_grad():
@@ -175,7 +183,7 @@ def bench_baseline(name, args, device) -> dict:
             optimizer.step()
         return forward, train_step
 
-    (ours_fwd, ours_train), (ref_fwd, ref_train) = make(ours), make(ref)
+    (ours_fwd, ours_train), (ref_fwd, ref_train) = make(ours, True), make(ref, False)
     times = {k: [] for k in ("ours_fwd", "ref_fwd", "ours_train", "ref_train")}
     for _ in range(args.repeats):
         for model in (ours, ref):
