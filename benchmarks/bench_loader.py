@@ -175,20 +175,21 @@ def _stages(dataset, items):
                                   np.random.default_rng(vid))
         t0 = time.perf_counter()
         (frames, inverse), _ = dataset.read_frames(vid, inds.reshape(-1), unique=True)
-        distinct += frames.shape[0]
+        distinct += len(frames)
         t1 = time.perf_counter()
-        crops = dataset.views[0].apply_uint8(frames)[inverse]  # each distinct frame resized once
+        crops = torch.stack([dataset.views[0].apply_uint8(f) for f in frames])[inverse]  # each frame resized once
         crops = crops.view(dataset.num_clips, dataset.num_frames, *crops.shape[1:])
         t2 = time.perf_counter()
         if dataset.pseudo_anomaly and not record.is_anomalous:  # SRD: draw, paint view 1's crops
-            painter = dataset._draw_srd(vid, 0, inds, frames.shape[-2:]).painter(crops.shape[-1])
-            box = dataset.views[0].crop_box(*frames.shape[-2:])
+            painter = dataset._draw_srd(vid, 0, inds, frames[0].shape[-2:]).painter(crops.shape[-1])
+            box = dataset.views[0].crop_box(*frames[0].shape[-2:])
             for c in painter.clips() if painter is not None else ():
                 painter.paint(c, crops[c], box)
         t3 = time.perf_counter()
         if len(dataset.views) > 1:
             for c in range(dataset.num_clips):
-                dataset.views[1].apply_uint8(frames[inverse[c * dataset.num_frames:(c + 1) * dataset.num_frames]])
+                clip = inverse[c * dataset.num_frames:(c + 1) * dataset.num_frames].tolist()
+                dataset.views[1].apply_uint8(torch.stack([frames[j] for j in clip]))
         t4 = time.perf_counter()
         dataset[(vid, 0)]
         t5 = time.perf_counter()

@@ -174,12 +174,14 @@ class _Reader(abc.ABC):
     def read(self, indices):
         """Frames at ``indices`` (ints in [0, num_frames)) as ``uint8 [N, 3, H, W]``."""
         frames, inverse = self.read_unique(indices)
-        return frames[inverse]
+        return torch.stack([frames[k] for k in inverse.tolist()])
 
     def read_unique(self, indices):
-        """Each distinct frame of ``indices`` decoded once: ``(uint8 [U, 3, H, W], inverse [N])``
-        with ``frames[inverse]`` the frames at ``indices`` in order (clips of a short video
-        overlap; the views resize the U distinct frames and gather the small crops)."""
+        """Each distinct frame of ``indices`` decoded once: ``(U frames uint8 [3, H, W], inverse
+        [N])``, frame j of ``indices`` being ``frames[inverse[j]]``. A list, not one stacked
+        tensor: stacking full-size frames is a copy that costs as much as decoding them (an
+        856x480 item: 70 MB), and the views only need the frames one at a time; clips of a
+        short video overlap, so each distinct frame is also resized once."""
         indices = [int(i) for i in np.asarray(indices).reshape(-1)]
         for i in indices:
             if not 0 <= i < self.num_frames:
@@ -195,7 +197,7 @@ class _Reader(abc.ABC):
         self.frame_size = next(iter(sizes))
         position = {i: k for k, i in enumerate(unique)}
         inverse = torch.tensor([position[i] for i in indices], dtype=torch.long)
-        return torch.stack([frames[i] for i in unique]), inverse
+        return [frames[i] for i in unique], inverse
 
     def _decode_many(self, indices):
         """Map index -> ``uint8 [3,H,W]``; errors become DataError or replacements."""

@@ -148,8 +148,8 @@ class _ListDataset(Dataset):
 
     def read_frames(self, vid, inds, unique=False):
         """``uint8 [N, 3, H, W]`` for ``inds`` and the number of frames replaced while reading;
-        ``unique``: ``((uint8 [U, 3, H, W], inverse [N]), replaced)``, each distinct frame once
-        (datasets.frames._Reader.read_unique)."""
+        ``unique``: ``((U frames uint8 [3, H, W], inverse [N]), replaced)``, each distinct frame
+        once (datasets.frames._Reader.read_unique)."""
         reader = self.reader(vid)
         before = reader.replaced
         frames = reader.read_unique(inds) if unique else reader.read(inds)
@@ -193,7 +193,7 @@ class TrainVideoDataset(_ListDataset):
         item_srd = None
         pa_labels = torch.zeros(self.num_clips, dtype=torch.long)
         if self.pseudo_anomaly and not record.is_anomalous:
-            item_srd = self._draw_srd(vid, epoch, inds, frames.shape[-2:])
+            item_srd = self._draw_srd(vid, epoch, inds, frames[0].shape[-2:])
             pa_labels = item_srd.labels
 
         with seeded_global_rngs(self.item_seed(vid, epoch, _TAG_AUGMENT)):
@@ -222,7 +222,7 @@ class TrainVideoDataset(_ListDataset):
                            saliency_box=mask_box, **self.srd_options)
 
     def _views(self, frames, inverse, item_srd=None):
-        """``uint8 [A, K, T, 3, S, S]`` from the distinct frames ``uint8 [U, 3, H, W]`` and
+        """``uint8 [A, K, T, 3, S, S]`` from the U distinct frames (``uint8 [3, H, W]`` each) and
         ``inverse [K*T]`` (clip frame j is ``frames[inverse[j]]``).
 
         A view that is the same for every frame (view 1) resizes each distinct frame once and
@@ -231,18 +231,19 @@ class TrainVideoDataset(_ListDataset):
         clips; the others are the same as without SRD.
         """
         k, t = self.num_clips, self.num_frames
-        h, w = frames.shape[-2:]
+        h, w = frames[0].shape[-2:]
         size = self.views[0].size
         imgs = torch.empty((len(self.views), k, t, 3, size, size), dtype=torch.uint8)
         for out, view in zip(imgs, self.views):
             painter = item_srd.painter(size) if item_srd is not None else None
             if view.random:  # one draw per clip
                 for c, out_clip in enumerate(out):
-                    clip = frames[inverse[c * t:(c + 1) * t]]
+                    clip = torch.stack([frames[j] for j in inverse[c * t:(c + 1) * t].tolist()])
                     paint = functools.partial(painter.paint, c) if painter and painter.wants(c) else None
                     out_clip.copy_(view.apply_uint8(clip, paint=paint))
             else:
-                torch.index_select(view.apply_uint8(frames), 0, inverse, out=out.view(k * t, 3, size, size))
+                crops = torch.stack([view.apply_uint8(frame) for frame in frames])  # [U, 3, S, S]
+                torch.index_select(crops, 0, inverse, out=out.view(k * t, 3, size, size))
                 if painter is not None:
                     box = view.crop_box(h, w)
                     for c in painter.clips():
