@@ -88,3 +88,16 @@ def test_multiscale_crop_sizes_and_positions():
     assert {(0, 0), (0, 4), (4, 0), (4, 4), (2, 2)} <= seen_pos
     out = crop(torch.zeros(2, 3, h, w, dtype=torch.uint8))
     assert out.shape == (2, 3, 224, 224) and out.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("shape,box", [((3, 240, 320), (15, 55, 210, 210)), ((2, 3, 480, 856), (30, 218, 420, 420)),
+                                       ((4, 3, 64, 48), (3, 1, 40, 37)), ((3, 36, 44), (0, 0, 36, 44))])
+def test_channels_last_crop_resize_equals_torchvision_resized_crop(shape, box):
+    from torchvision.transforms.v2 import functional as TVF
+
+    from datasets.transforms import _crop_resize
+
+    clip = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    out = _crop_resize(clip, *box, 224)
+    assert out.shape == (*shape[:-2], 224, 224) and out.is_contiguous()
+    assert torch.equal(out, TVF.resized_crop(clip, *box, [224, 224], antialias=True))
