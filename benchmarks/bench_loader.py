@@ -11,7 +11,10 @@ one; if datasets.synthetic is unavailable the script writes plain frame folders 
    (ms); items are uint8 (the float conversion happens on the training device);
 3. the training loader (datasets.build.build_train_loader) for each ``--workers`` count:
    items/s and decoded frames/s in total and per worker, the first batch (worker start-up)
-   excluded.
+   excluded;
+4. the share of the raw decode rate the 0-worker loader delivers, interleaved batch by batch
+   with the raw decode (with reads) of the same batch's frames, so load on a shared machine
+   hits both alike (the ratio issue 18 asks about).
 
 Run: ``python -m benchmarks.bench_loader [--workers 0 1 2] [--batches 6] [--json out.json]``.
 Results on the development machine are in docs/bench_loader.md.
@@ -235,6 +238,39 @@ def _loader_rate(cfg, batches):
             "frames_per_s_per_worker": total * frames_per_item / max(workers, 1)}
 
 
+def _interleaved_share(cfg, batches):
+    """The 0-worker loader against the raw decode of the very frames each batch holds,
+    interleaved batch by batch in this process (machine noise hits both alike): the share of
+    the raw decode rate the loader delivers = raw seconds / loader seconds over the batches."""
+    from datasets.build import build_train_loader, set_loader_epoch
+
+    loader = build_train_loader(cfg)
+    set_loader_epoch(loader, 0)
+    dataset = loader.dataset
+    it = iter(loader)
+    next(it)  # warm-up
+    loader_s = raw_s = 0.0
+    rounds = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            start = time.perf_counter()
+            batch = next(it)
+        took = time.perf_counter() - start
+        files = [dataset.reader(int(v)).frame_path(int(i))
+                 for v, inds in zip(batch["vid"], batch["frame_inds"]) for i in inds.reshape(-1)]
+        start = time.perf_counter()
+        decode_jpeg([torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files],
+                    mode=ImageReadMode.RGB)
+        raw = time.perf_counter() - start
+        loader_s, raw_s = loader_s + took, raw_s + raw
+        rounds.append({"loader_s": took, "raw_s": raw, "frames": len(files)})
+    return {"share_of_raw": raw_s / loader_s, "loader_s": loader_s, "raw_s": raw_s, "rounds": rounds}
+
+
 def main():
     args = _args()
     torch.set_num_threads(args.threads)
@@ -255,6 +291,7 @@ def main():
             "raw_decode": _raw_decode(dataset, items),
             "stage_ms_per_item": _stages(dataset, items),
             "loader": [_loader_rate(_config(args, root, train_list, w), args.batches) for w in args.workers],
+            "interleaved": _interleaved_share(_config(args, root, train_list, 0), args.batches),
         }
     raw = result["raw_decode"]
     print(f"{what}; {result['machine']}")
@@ -266,6 +303,9 @@ def main():
     for r in result["loader"]:
         print(f"| {r['workers']} | {r['items_per_s']:.2f} | {r['frames_per_s']:.0f} | "
               f"{r['items_per_s_per_worker']:.2f} | {r['frames_per_s_per_worker']:.0f} | {r['first_batch_s']:.2f} |")
+    share = result["interleaved"]
+    print(f"0 workers, interleaved with the raw decode (with reads) of each batch's own frames: "
+          f"{100 * share['share_of_raw']:.0f} % of the raw decode rate")
     if args.json:
         from utils.io import atomic_write_json
 

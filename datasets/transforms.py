@@ -128,7 +128,8 @@ def _crop_resize(clip, top, left, height, width, size):
     """The box ``(top, left, height, width)`` of ``uint8 [..., 3, H, W]`` resized to ``size x
     size``, bilinear with antialiasing (torchvision's ``resized_crop``). Inside the frame the
     box is resized channels-last, which takes torch's vectorised uint8 path: the same pixels,
-    ~1.3x faster (docs/bench_loader.md)."""
+    ~1.3x faster (docs/bench_loader.md), returned with channels-last strides (decoded JPEG
+    frames have them too; the copy into the item's buffer makes them contiguous)."""
     top, left, height, width = int(top), int(left), max(1, int(height)), max(1, int(width))
     h, w = clip.shape[-2:]
     if clip.dtype != torch.uint8 or top < 0 or left < 0 or top + height > h or left + width > w:
@@ -136,7 +137,7 @@ def _crop_resize(clip, top, left, height, width, size):
     box = clip[..., top:top + height, left:left + width]
     flat = box.reshape(-1, box.shape[-3], height, width).contiguous(memory_format=torch.channels_last)
     out = TF.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out.contiguous().view(*clip.shape[:-2], size, size)
+    return out.unflatten(0, clip.shape[:-3]) if clip.dim() > 3 else out[0]
 
 
 def _published_crop(clip, resized_hw, top, left, height, width, size):

@@ -242,8 +242,12 @@ class TrainVideoDataset(_ListDataset):
                     paint = functools.partial(painter.paint, c) if painter and painter.wants(c) else None
                     out_clip.copy_(view.apply_uint8(clip, paint=paint))
             else:
-                crops = torch.stack([view.apply_uint8(frame) for frame in frames])  # [U, 3, S, S]
-                torch.index_select(crops, 0, inverse, out=out.view(k * t, 3, size, size))
+                crops = [view.apply_uint8(frame) for frame in frames]
+                flat = out.view(k * t, 3, size, size)
+                if len(crops) == k * t and bool((inverse == torch.arange(k * t)).all()):
+                    torch.stack(crops, out=flat)  # every frame once, in order: no gather
+                else:
+                    torch.index_select(torch.stack(crops), 0, inverse, out=flat)  # [U,3,S,S] -> [K*T,3,S,S]
                 if painter is not None:
                     box = view.crop_box(h, w)
                     for c in painter.clips():

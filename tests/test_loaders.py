@@ -352,3 +352,14 @@ def test_model_input_converts_uint8_on_the_device_and_passes_float_through():
     assert torch.equal(converted, to_unit_float(pixels)) and converted.max() == 1.0 and converted.min() == 0.0
     floats = torch.rand(2, 3)
     assert model_input(floats, torch.device("cpu")) is floats
+
+
+def test_interleaved_clips_of_distinct_frames_keep_their_order(data, monkeypatch):
+    # clips whose frames are all distinct but interleave in time (clip 1 starts before clip
+    # 0 ends): the crops must follow the sampled order, not the sorted distinct frames
+    dataset = _train_dataset(data)
+    k, t = dataset.num_clips, dataset.num_frames
+    inds = np.array([[0, 4, 8], [2, 6, 10], [12, 14, 16], [13, 15, 17]])[:k, :t]
+    monkeypatch.setattr(video_dataset, "train_clip_indices", lambda *args, **kwargs: inds)
+    item = dataset[(0, 0)]
+    assert np.array_equal(decoded_indices(item["imgs"][0]), inds)
