@@ -183,22 +183,32 @@ def bench_baseline(name, args, device) -> dict:
             optimizer.step()
         return forward, train_step
 
-    (ours_fwd, ours_train), (ref_fwd, ref_train) = make(ours, True), make(ref, False)
-    times = {k: [] for k in ("ours_fwd", "ref_fwd", "ours_train", "ref_train")}
+    contestants = {"ours": make(ours, True), "ref": make(ref, False)}
+    extra = {}
+    if args.compile:  # torch.compile of our model (same parameters): the first calls compile
+        compiled = torch.compile(ours)
+        contestants["compiled"] = make(compiled, True)
+        start = time.perf_counter()
+        ours.eval()
+        with torch.no_grad():
+            extra["compiled_max_logit_diff"] = float((compiled(video, tokens)["y"] - ref(video, tokens)["y"]).abs().max())
+        ours.train()
+        contestants["compiled"][1]()
+        extra["compile_s"] = time.perf_counter() - start
+    times = {f"{who}_{kind}": [] for who in contestants for kind in ("fwd", "train")}
     for _ in range(args.repeats):
-        for model in (ours, ref):
-            model.eval()
-        times["ours_fwd"].append(time_steps(ours_fwd, args.steps, args.warmup, device))
-        times["ref_fwd"].append(time_steps(ref_fwd, args.steps, args.warmup, device))
-        for model in (ours, ref):
-            model.train()
-        times["ours_train"].append(time_steps(ours_train, args.steps, args.warmup, device))
-        times["ref_train"].append(time_steps(ref_train, args.steps, args.warmup, device))
-    ratio = {kind: statistics.median(r / o for r, o in zip(times[f"ref_{kind}"], times[f"ours_{kind}"]))
-             for kind in ("fwd", "train")}
+        for kind, index, mode in (("fwd", 0, False), ("train", 1, True)):
+            for who, steps in contestants.items():
+                for model in (ours, ref):
+                    model.train(mode)
+                times[f"{who}_{kind}"].append(time_steps(steps[index], args.steps, args.warmup, device))
+    ratio = {f"{who}_{kind}": statistics.median(r / o for r, o in zip(times[f"ref_{kind}"], times[f"{who}_{kind}"]))
+             for who in contestants if who != "ref" for kind in ("fwd", "train")}
+    if args.compile:
+        extra |= {"compiled_forward_ratio": ratio["compiled_fwd"], "compiled_train_ratio": ratio["compiled_train"]}
     return {"preset": name, "threads": torch.get_num_threads(), "batch": args.batch, "frames": args.frames,
-            "max_logit_diff": gap, "forward_ratio": ratio["fwd"], "train_ratio": ratio["train"],
-            "times_s": times}
+            "max_logit_diff": gap, "forward_ratio": ratio["ours_fwd"], "train_ratio": ratio["ours_train"],
+            **extra, "times_s": times}
 
 
 def main(argv=None):
@@ -213,6 +223,8 @@ def main(argv=None):
     parser.add_argument("--baseline", action="store_true",
                         help="time against the plain-math reference of the published formulation")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of --baseline")
+    parser.add_argument("--compile", action="store_true",
+                        help="--baseline: also time torch.compile of our model (compile time reported apart)")
     args = parser.parse_args(argv)
 
     if args.baseline:
@@ -225,6 +237,10 @@ def main(argv=None):
         for r in rows:
             print(f"| {r['preset']} | {r['threads']} | {r['max_logit_diff']:.1e} | {r['forward_ratio']:.2f}x | "
                   f"{r['train_ratio']:.2f}x |")
+            if "compile_s" in r:
+                print(f"|   compiled ({r['compile_s']:.0f} s to compile) | {r['threads']} | "
+                      f"{r['compiled_max_logit_diff']:.1e} | {r['compiled_forward_ratio']:.2f}x | "
+                      f"{r['compiled_train_ratio']:.2f}x |")
         if args.json:
             atomic_write_json(args.json, {"device": device_description(device), "torch": torch.__version__,
                                           "mode": "baseline", "results": rows})
