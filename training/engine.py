@@ -278,6 +278,10 @@ def fit(stage, model, train_loader, test_loader, text_tokens, step_fn, on_best=N
     if path is not None:
         state, resume_rng = load_training_state(path, model, optimizer, scheduler, logger)
         resumed_from = str(path)
+    if cfg.TRAIN.COMPILE:
+        # in place (nn.Module.compile): state_dict keys, checkpoints and unwrap_model stay as they are
+        model.compile()
+        logger.info("TRAIN.COMPILE: the model's forward runs through torch.compile (the first steps compile it)")
     ddp_model = dist.wrap_model(model, stage.dist)
     scalars = open_scalars(stage, resume=(state.step, state.epoch) if path is not None else None)
     for loader in (train_loader, test_loader, val_loader):

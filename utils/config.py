@@ -98,6 +98,7 @@ def _defaults():
             "USE_VIEW2": False, "W_SMOOTH": W_SMOOTH_DEFAULT, "W_SPARSE": W_SPARSE_DEFAULT,
             "MIL_DETACH_WEIGHT": False, "LR_SCALING": "none", "LR_BASE_BATCH": 0, "TENSORBOARD": True,
             "SELECT": "test", "MIL_NORMAL": "top", "MIL_ANOMALOUS_BOTTOM": False, "FUSED_OPTIMIZER": True,
+            "COMPILE": False,
         },
         "ADV_TRAIN": {
             "EPS": 2.0, "LOSS": "mil", "PSEUDO_LABEL": False, "PSEUDO_ANOMALY": False,
