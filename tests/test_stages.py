@@ -5,6 +5,7 @@ command line, without a new interpreter per run) on the CI configs in configs/sy
 """
 import json
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -265,6 +266,8 @@ def test_attack_report_through_main_attack(stage1, data_opts, tmp_path):
     assert (tmp_path / "plots" / "robustness_eps.png").is_file()
 
 
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                    reason="torch.compile's CPU backend (inductor) needs a C++ compiler")
 def test_compiled_training_matches_eager(data_opts, tmp_path):
     """TRAIN.COMPILE runs the same training through torch.compile (in place: the checkpoint
     keeps its keys) and ends at the same weights up to float rounding."""
