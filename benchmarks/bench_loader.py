@@ -180,7 +180,7 @@ def _stages(dataset, items):
         (frames, inverse), _ = dataset.read_frames(vid, inds.reshape(-1), unique=True)
         distinct += len(frames)
         t1 = time.perf_counter()
-        crops = torch.stack([dataset.views[0].apply_uint8(f) for f in frames])[inverse]  # each frame resized once
+        crops = dataset.views[0].apply_uint8_frames(frames)[inverse]  # each frame resized once
         crops = crops.view(dataset.num_clips, dataset.num_frames, *crops.shape[1:])
         t2 = time.perf_counter()
         if dataset.pseudo_anomaly and not record.is_anomalous:  # SRD: draw, paint view 1's crops

@@ -29,7 +29,7 @@ workers and prefetching alike. Plain integer keys mean epoch 0.
 import functools
 import logging
 import random
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -180,6 +180,10 @@ class TrainVideoDataset(_ListDataset):
     def __len__(self):
         return len(self.records)
 
+    @property
+    def random_views(self):
+        return any(view.random for view in self.views)
+
     def item_seed(self, index, epoch, tag):
         return derive_seed(self.seed, self.rank, epoch, index, tag)
 
@@ -196,7 +200,9 @@ class TrainVideoDataset(_ListDataset):
             item_srd = self._draw_srd(vid, epoch, inds, frames[0].shape[-2:])
             pa_labels = item_srd.labels
 
-        with seeded_global_rngs(self.item_seed(vid, epoch, _TAG_AUGMENT)):
+        # only a random view (view 2) draws from the global RNGs; seeding them costs ~1 ms
+        randomness = seeded_global_rngs(self.item_seed(vid, epoch, _TAG_AUGMENT)) if self.random_views else nullcontext()
+        with randomness:
             imgs = self._views(frames, inverse, item_srd)
         return {
             "imgs": imgs,
@@ -242,12 +248,12 @@ class TrainVideoDataset(_ListDataset):
                     paint = functools.partial(painter.paint, c) if painter and painter.wants(c) else None
                     out_clip.copy_(view.apply_uint8(clip, paint=paint))
             else:
-                crops = [view.apply_uint8(frame) for frame in frames]
                 flat = out.view(k * t, 3, size, size)
-                if len(crops) == k * t and bool((inverse == torch.arange(k * t)).all()):
-                    torch.stack(crops, out=flat)  # every frame once, in order: no gather
+                if len(frames) == k * t and bool((inverse == torch.arange(k * t)).all()):
+                    view.apply_uint8_frames(frames, out=flat)  # every frame once, in order: no gather
                 else:
-                    torch.index_select(torch.stack(crops), 0, inverse, out=flat)  # [U,3,S,S] -> [K*T,3,S,S]
+                    crops = view.apply_uint8_frames(frames)  # [U, 3, S, S]
+                    torch.index_select(crops, 0, inverse, out=flat)  # [U,3,S,S] -> [K*T,3,S,S]
                 if painter is not None:
                     box = view.crop_box(h, w)
                     for c in painter.clips():

@@ -101,3 +101,30 @@ def test_channels_last_crop_resize_equals_torchvision_resized_crop(shape, box):
     out = _crop_resize(clip, *box, 224)
     assert out.shape == (*shape[:-2], 224, 224)
     assert torch.equal(out, TVF.resized_crop(clip, *box, [224, 224], antialias=True))
+
+
+@pytest.mark.parametrize("box", [(0, 0, 224, 224), (5, 7, 223, 150), (2, 3, 101, 219), (0, 0, 230, 200),
+                                 (1, 2, 200, 250)])
+def test_crop_resize_enlarging_without_antialias_equals_antialiased(box):
+    """A box no larger than the output takes plain bilinear (faster): the pixels must be those
+    of torchvision's antialiased resized_crop; a box larger on one side keeps antialiasing.
+    The frame has a decoded JPEG's HWC memory layout, as the readers deliver it."""
+    from torchvision.transforms.v2 import functional as TVF
+
+    from datasets.transforms import _crop_resize
+
+    gen = torch.Generator().manual_seed(1)
+    frame = torch.randint(0, 256, (260, 300, 3), generator=gen, dtype=torch.uint8).permute(2, 0, 1)
+    assert torch.equal(_crop_resize(frame, *box, 224), TVF.resized_crop(frame, *box, [224, 224], antialias=True))
+
+
+@pytest.mark.parametrize("resize", ["antialias", "published"])
+@pytest.mark.parametrize("hw", [(240, 320), (480, 856), (64, 64)])
+def test_center_view_frames_equal_frame_by_frame(resize, hw):
+    view = CenterView(224, resize=resize)
+    gen = torch.Generator().manual_seed(2)
+    frames = [torch.randint(0, 256, (*hw, 3), generator=gen, dtype=torch.uint8).permute(2, 0, 1) for _ in range(3)]
+    expected = torch.stack([view.apply_uint8(f) for f in frames])
+    assert torch.equal(view.apply_uint8_frames(frames), expected)
+    out = torch.zeros(3, 3, 224, 224, dtype=torch.uint8)
+    assert view.apply_uint8_frames(frames, out=out) is out and torch.equal(out, expected)
