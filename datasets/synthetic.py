@@ -44,8 +44,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from datasets.synthetic_world import (ANOMALY_TYPES, FILENAME_TMPL, FRAME_SIZE, GENERATOR, GENERATOR_VERSION,
-                                      JPEG_QUALITY, NUM_SCENES, SPLITS, VideoSpec, get_scene, render_video)
+from datasets.synthetic_scenes import FRAME_SIZE, NUM_SCENES, get_scene
+from datasets.synthetic_world import (ANOMALY_TYPES, FILENAME_TMPL, GENERATOR, GENERATOR_VERSION, JPEG_QUALITY, SPLITS,
+                                      VideoSpec, render_video)
 from datasets.synthetic_variant import (VARIANT_ANOMALY_TYPES, VARIANT_FRAME_SIZE, VARIANT_NUM_SCENES, VARIANT_TAG,
                                         get_variant_scene, render_variant_video)
 from utils.errors import ConfigError, DataError
@@ -260,7 +261,6 @@ def make_synthetic_dataset(root, preset: str = "default", seed: int = 0, overwri
     """
     root = Path(root).absolute()
     specs = plan_videos(preset, seed)  # validates the preset before touching the disk
-    paths = _result_paths(root)
     if root.exists():
         if not root.is_dir():
             raise DataError(f"synthetic dataset root {root} exists and is not a folder; choose another --out")

@@ -23,8 +23,10 @@ import functools
 import numpy as np
 from PIL import Image
 
+from datasets import synthetic_scenes as scenes
 from datasets import synthetic_world as world
-from datasets.synthetic_world import (EVENT_SCALE, SPLITS, Scene, VideoSpec, _inner_segment, _paste, _person_sprite,
+from datasets.synthetic_scenes import Scene
+from datasets.synthetic_world import (EVENT_SCALE, SPLITS, VideoSpec, _inner_segment, _paste, _person_sprite,
                                       _ping_pong, _random_person, _upscale, _vehicle_sprite)
 
 VARIANT_TAG = 7_919  # appended to every seed key of this family
@@ -40,7 +42,7 @@ def variant_rng(spec: VideoSpec, stream: int) -> np.random.Generator:
 
 
 def _mirror_x(x):
-    return world.FRAME_SIZE - x
+    return scenes.FRAME_SIZE - x
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,13 +50,13 @@ def get_variant_scene(scene_id: int) -> Scene:
     """Scene ``scene_id`` (0..2) of the variant: a default layout mirrored, repainted, re-textured."""
     if not 0 <= scene_id < VARIANT_NUM_SCENES:
         raise ValueError(f"variant scene id {scene_id} out of range 0..{VARIANT_NUM_SCENES - 1}")
-    base = world.get_scene(_BASE_SCENES[scene_id])
+    base = scenes.get_scene(_BASE_SCENES[scene_id])
     rng = np.random.default_rng([VARIANT_TAG, scene_id])
     img = base.background[:, ::-1].astype(np.float32)
     # repaint: permute and scale the colour channels, then a fresh low-frequency texture
     perm = ((1, 2, 0), (2, 0, 1), (0, 2, 1))[scene_id]
     img = img[..., perm] * np.asarray(rng.uniform(0.75, 1.1, 3), np.float32)
-    img *= 1 + 0.12 * world._value_noise(rng, world.FRAME_SIZE, 16)[..., None]
+    img *= 1 + 0.12 * scenes._value_noise(rng, scenes.FRAME_SIZE, 16)[..., None]
     routes = tuple(((_mirror_x(x0), y0), (_mirror_x(x1), y1), hw) for (x0, y0), (x1, y1), hw in base.routes)
     spots = tuple((_mirror_x(x), y) for x, y in base.spots)
     bg = np.clip(img, 0, 1).astype(np.float32)
